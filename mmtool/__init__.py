@@ -1,0 +1,1 @@
+"""mmtool: CLIP pretraining and LLaVA-style alignment in one toolkit."""

@@ -1,0 +1,3 @@
+from mmtool.cli import main
+
+main()

@@ -1,0 +1,127 @@
+"""The `mmtool` command line: one Typer app chaining the stages."""
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mmtool.errors import MmtoolError
+
+app = typer.Typer(help="mmtool: image-caption shards -> CLIP -> LLaVA-style multimodal LLM.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Build webdataset shards from real data.", no_args_is_help=True)
+tokenizer_app = typer.Typer(help="Train and inspect sentencepiece tokenizers.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.lr=1e-4")]
+
+
+@app.command("pretrain-clip")
+def pretrain_clip(
+    config: Annotated[Path, typer.Option(help="YAML under configs/clip/")] = Path("configs/clip/tiny_vit.yaml"),
+    overrides: SetOption = None,
+    out: Annotated[Path, typer.Option(help="Output folder: clip.pt, metrics, training states")] = Path("ckpt/clip"),
+    resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
+):
+    """Pretrain CLIP (or SigLIP) towers with DeepSpeed; evaluate on the val split; write OUT/clip.pt."""
+    from mmtool.config import load_config
+    from stage1_clip.config import ClipConfig
+    from stage1_clip.train import pretrain_clip as run
+
+    run(load_config(ClipConfig, config, overrides or []), out, resume=resume)
+
+
+@app.command("eval-clip")
+def eval_clip(
+    checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip.safetensors")],
+    data: Annotated[str, typer.Option(help="Shards to evaluate on (glob, brace list or file)")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here")] = None,
+):
+    """Image<->text retrieval recall and zero-shot accuracy of a CLIP checkpoint."""
+    from mmtool.data.loader import make_eval_set, resolve_shards
+    from stage1_clip.bundle import load_clip
+    from stage1_clip.evaluate import evaluate_clip
+
+    bundle = load_clip(checkpoint)
+    cfg = bundle.config
+    eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields)
+    metrics = evaluate_clip(bundle.model, bundle.tokenize, eval_set, cfg.eval.templates, cfg.eval.batch_size)
+    print_table(metrics)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(metrics, indent=2))
+
+
+@data_app.command("emoji")
+def data_emoji(
+    out: Annotated[Path, typer.Option(help="Folder for the shards")] = Path("data/emoji"),
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N emoji (smoke tests)")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of base emoji held out for val")] = 0.1,
+):
+    """Noto Color Emoji rendered with Pillow, captions from Unicode names and CLDR keywords."""
+    from mmtool.data.emoji import build_emoji
+
+    print(json.dumps(build_emoji(out, val_fraction=val_fraction, limit=limit), indent=2))
+
+
+@data_app.command("openclipart")
+def data_openclipart(
+    out: Annotated[Path, typer.Option(help="Folder for the shards")] = Path("data/openclipart"),
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N images")] = None,
+):
+    """Openclipart PNGs with captions from their SVG titles, keywords and category (noisy, web-like)."""
+    from mmtool.data.openclipart import build_openclipart
+
+    print(json.dumps(build_openclipart(out, limit=limit), indent=2))
+
+
+@data_app.command("from-jsonl")
+def data_from_jsonl(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"image": path, "caption": text, "label"?: ...} per line')],
+    out: Annotated[Path, typer.Option(help="Folder for the shards")],
+):
+    """Your own image-caption pairs as shards."""
+    from mmtool.data.jsonl import build_from_jsonl
+
+    print(json.dumps(build_from_jsonl(file, out), indent=2))
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    data: Annotated[str, typer.Option(help="Training shards (glob, brace list or file)")],
+    out: Annotated[Path, typer.Option(help="Where to write the sentencepiece .model")],
+    vocab_size: Annotated[int, typer.Option(help="Target vocabulary size")] = 4096,
+    max_samples: Annotated[int, typer.Option(help="Captions of at most this many samples")] = 200_000,
+):
+    """Train a sentencepiece tokenizer on the captions of some shards."""
+    from mmtool.data.loader import resolve_shards
+    from stage1_clip.tokenizer_setup import train_tokenizer
+
+    tokenizer = train_tokenizer(resolve_shards(data), vocab_size, max_samples)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(out)
+    print(f"wrote {out} ({tokenizer.vocab_size} pieces)")
+
+
+def print_table(metrics: dict) -> None:
+    width = max(len(k) for k in metrics)
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+
+
+def main() -> None:
+    # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment already says it.
+    sys.argv = [a for a in sys.argv if not re.fullmatch(r"--local[_-]rank(=\d+)?", a)]
+    try:
+        app()
+    except MmtoolError as err:
+        print(f"mmtool: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Process-group start-up shared by every stage: one plain process, torchrun or the deepspeed launcher."""
+import os
+import socket
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed() -> None:
+    """Start the process group DeepSpeed needs, whatever launched us.
+
+    A plain `python`/`mmtool` run has none of the launcher's variables; without all of
+    them DeepSpeed falls back to MPI discovery and fails, so a single process gets defaults.
+    """
+    import deepspeed  # heavy import: only when a run actually starts
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # The shared-memory comm op compiles for ~30 s at every start; gloo does the job on CPU.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def mean_over_ranks(value: torch.Tensor) -> float:
+    """The average of a scalar over all ranks (for logging a global loss from local ones)."""
+    if world_size() == 1:
+        return value.item()
+    value = value.detach().float().clone()
+    torch.distributed.all_reduce(value)
+    return value.item() / world_size()

@@ -1,0 +1,114 @@
+"""The training engine every stage shares: DeepSpeed (ZeRO 0-3, bf16/fp16), AdamW, schedule, checkpoints."""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmtool import distributed
+from mmtool.errors import MmtoolError
+from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
+
+
+@dataclass
+class OptimSettings:
+    lr: float
+    weight_decay: float
+    betas: tuple[float, float]
+    eps: float
+    grad_clip: float
+    warmup_steps: int
+    total_steps: int
+    min_lr_ratio: float = 0.0
+    rules: list[ParamGroupRule] = field(default_factory=list)
+
+
+def load_deepspeed_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise MmtoolError(f"DeepSpeed config not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MmtoolError(f"{path}: invalid JSON ({err})") from None
+
+
+class TrainEngine:
+    """A DeepSpeed engine plus the bits every stage needs around it (lr, precision, state export)."""
+
+    def __init__(self, model: torch.nn.Module, ds_config_path: str | Path, micro_batch_size: int,
+                 optim: OptimSettings, accum_steps: int = 1):
+        import deepspeed
+
+        distributed.init_distributed()
+        ds_config = load_deepspeed_config(ds_config_path)
+        ds_config.update(
+            train_micro_batch_size_per_gpu=micro_batch_size,
+            gradient_accumulation_steps=accum_steps,
+            gradient_clipping=optim.grad_clip,
+            steps_per_print=10**12,
+            # A torch AdamW instead of DeepSpeed's: its fused CPU op compiles for ~50 s at start-up.
+            zero_allow_untested_optimizer=True,
+        )
+        ds_config.pop("train_batch_size", None)
+        groups = build_param_groups(model, optim.lr, optim.weight_decay, optim.rules)
+        if not groups:
+            raise MmtoolError("nothing to train: every parameter is frozen (check train.param_groups)")
+        self.group_names = [group.pop("names") for group in groups]
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+        schedule = cosine_with_warmup(optim.warmup_steps, optim.total_steps, optim.min_lr_ratio)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+        self.zero_stage = self.engine.zero_optimization_stage()
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """bf16/fp16 when DeepSpeed keeps the weights in half precision, else float32."""
+        return next(self.engine.module.parameters()).dtype
+
+    def __call__(self, *args, **kwargs):
+        return self.engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def current_lr(self) -> float:
+        return max(group["lr"] for group in self.engine.optimizer.param_groups)
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def save_state(self, directory: Path, tag: str, client_state: dict) -> None:
+        """DeepSpeed's full training state (weights, optimizer, scheduler) for exact resume."""
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+    def load_state(self, directory: Path) -> dict:
+        """Loads the latest state under `directory`; returns the client state saved with it."""
+        path, client_state = self.engine.load_checkpoint(str(directory))
+        if path is None:
+            raise MmtoolError(f"--resume: no DeepSpeed checkpoint under {directory}")
+        return client_state
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """All weights in float32 on CPU, gathered from ZeRO-3 partitions; None on ranks other than 0.
+
+        Every rank must call this (ZeRO-3 gathers collectively)."""
+        if self.zero_stage == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()
+        else:
+            state = self.engine.module.state_dict()
+        if not distributed.is_main():
+            return None
+        return {name: tensor.detach().to("cpu", torch.float32).clone() for name, tensor in state.items()}

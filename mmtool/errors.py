@@ -1,0 +1,2 @@
+class MmtoolError(Exception):
+    """A user-facing error: its message is one line naming the culprit."""

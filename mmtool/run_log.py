@@ -1,0 +1,53 @@
+"""What a user watches during long work: a progress bar, plus metrics in JSONL and TensorBoard."""
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class RunLog:
+    """Only rank 0 writes; other ranks get a silent instance so call sites need no rank checks."""
+
+    def __init__(self, out_dir: Path, total_steps: int, initial_step: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out_dir / "metrics.jsonl", "a", buffering=1)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
+        self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, desc="train")
+
+    def progress(self, steps: int, **shown) -> None:
+        """Advance the bar and show the latest values next to it."""
+        if not self.enabled:
+            return
+        self.bar.update(steps)
+        self.bar.set_postfix({k: _short(v) for k, v in shown.items()}, refresh=False)
+
+    def write(self, step: int, split: str, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), "step": step, "split": split, **metrics}
+        self.jsonl.write(json.dumps(record) + "\n")
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"{split}/{key}", value, step)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+def _short(value):
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
+    return value

@@ -1,0 +1,1 @@
+"""Stage 1: contrastive image-text pretraining (CLIP / SigLIP)."""

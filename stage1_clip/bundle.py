@@ -1,0 +1,54 @@
+"""A trained CLIP as one self-contained file: config, tokenizer and weights (mmtool.checkpoint format)."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mmtool.checkpoint import load_model, save_model
+from mmtool.config import from_dict, to_dict
+from mmtool.tokenizer import SentencePieceTokenizer
+from stage1_clip.config import ClipConfig
+from stage1_clip.model import CLIP
+
+KIND = "clip"
+
+
+@dataclass
+class ClipBundle:
+    config: ClipConfig
+    model: CLIP
+    tokenizer: object  # SentencePieceTokenizer or HFTokenizerAdapter: (texts, context_length) -> (ids, mask)
+
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenizer(texts, self.config.model.text.context_length)
+
+
+def tokenizer_extras(tokenizer) -> dict:
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return {"tokenizer.model": tokenizer.model_bytes}
+    return {"tokenizer.json": tokenizer.serialize()}
+
+
+def save_clip(path: Path, config: ClipConfig, state_dict: dict, tokenizer, model: CLIP) -> None:
+    extras = tokenizer_extras(tokenizer)
+    if config.model.text.type == "hf":
+        extras["hf_text_config.json"] = json.dumps(model.text.config_dict())
+    save_model(path, KIND, to_dict(config), state_dict, extras)
+
+
+def load_clip(path: str | Path) -> ClipBundle:
+    payload = load_model(path, KIND)
+    config = from_dict(ClipConfig, payload["config"], where=f"{path}:config")
+    extras = payload["extras"]
+    if "tokenizer.model" in extras:
+        tokenizer = SentencePieceTokenizer(extras["tokenizer.model"])
+        vocab_size, hf_config = tokenizer.vocab_size, None
+    else:
+        from stage1_clip.hf_text import HFTokenizerAdapter
+
+        tokenizer = HFTokenizerAdapter(extras["tokenizer.json"])
+        vocab_size, hf_config = None, json.loads(extras["hf_text_config.json"])
+    model = CLIP(config.model, config.loss, vocab_size, hf_config)
+    model.load_state_dict(payload["state_dict"])
+    return ClipBundle(config, model.eval(), tokenizer)

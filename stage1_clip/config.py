@@ -1,0 +1,108 @@
+"""Stage-1 config: every knob of a CLIP run, loaded from configs/clip/*.yaml."""
+from dataclasses import dataclass, field
+
+from mmtool.optim import ParamGroupRule
+
+
+@dataclass
+class VisionConfig:
+    type: str = "vit"  # vit | resnet
+    image_size: int = 64
+    # ViT
+    patch_size: int = 8
+    width: int = 256
+    layers: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # ResNet: blocks per stage; `width` is the stem width, `heads` the attention-pool heads
+    stage_blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    resnet_output_dim: int = 1024
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TextConfig:
+    type: str = "transformer"  # transformer | hf
+    context_length: int = 77
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # type: hf -- a local Hugging Face encoder folder (or a bundled alias, see mmtool.pretrained)
+    hf_path: str | None = None
+    hf_pooling: str = "mean"  # mean | cls
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = None  # a sentencepiece .model; trained on the training captions when empty
+    vocab_size: int = 4096
+    train_samples: int = 200_000  # captions read to train it
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 256
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+
+@dataclass
+class LossConfig:
+    type: str = "clip"  # clip | siglip
+    init_logit_scale: float = 2.659260036932778  # ln(1/0.07)
+    max_logit_scale: float = 4.605170185988092  # ln(100)
+    init_logit_bias: float = -10.0  # siglip only
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/emoji/train-*.tar"
+    val: str | None = "data/emoji/val-*.tar"
+    train_samples: int | None = None  # read from the shards' meta.json when empty
+    batch_size: int = 128  # per rank
+    workers: int = 2
+    shuffle_buffer: int = 2000
+    resampled: bool = False
+    random_resized_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # stop early (useful for smoke runs)
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    seed: int = 0
+    deepspeed: str = "configs/deepspeed/fp32.json"
+    param_groups: list[ParamGroupRule] = field(default_factory=list)
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 = at the end of each epoch only
+    save_every: int = 0  # steps; 0 = at the end of each epoch only
+    keep_states: int = 2  # DeepSpeed training states kept for --resume (older ones are deleted)
+    threads: int | None = None  # torch intra-op threads on CPU
+
+
+@dataclass
+class EvalConfig:
+    # Zero-shot prompt ensemble: each class name is put into every template, embeddings averaged.
+    templates: list[str] = field(default_factory=lambda: [
+        "an emoji of {}.", "a {} emoji.", "an icon of {}.", "a drawing of {}.", "{}"])
+    batch_size: int = 256
+
+
+@dataclass
+class ClipConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,67 @@
+"""Retrieval recall (both directions) and zero-shot classification with prompt-template ensembles."""
+import torch
+import torch.nn.functional as F
+
+
+
+@torch.no_grad()
+def embed_images(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    param = next(model.parameters())
+    chunks = [model.encode_image(images[i:i + batch_size].to(param.device, param.dtype))
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks).float()  # [N, D]
+
+
+@torch.no_grad()
+def embed_texts(model, tokenize, texts: list[str], batch_size: int) -> torch.Tensor:
+    device = next(model.parameters()).device
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = tokenize(texts[i:i + batch_size])
+        chunks.append(model.encode_text(ids.to(device), mask.to(device)))
+    return torch.cat(chunks).float()  # [N, D]
+
+
+def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str],
+                     ks=(1, 5, 10)) -> dict[str, float]:
+    """Image i matches every text whose caption equals caption i (duplicates are not counted as misses)."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    caption_id = torch.tensor([ids[c] for c in captions])  # [N]
+    positive = caption_id[:, None] == caption_id[None, :]  # [N_img, N_txt]
+    similarity = image_emb @ text_emb.T  # [N_img, N_txt]
+    metrics = {}
+    for name, scores, pos in (("image_to_text", similarity, positive), ("text_to_image", similarity.T, positive.T)):
+        ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # [N, K]
+        hit = pos.gather(1, ranked)  # [N, K]: whether the j-th ranked item is a positive
+        for k in ks:
+            metrics[f"{name}_R@{k}"] = hit[:, :k].any(1).float().mean().item()
+    return metrics
+
+
+def zero_shot_accuracy(model, tokenize, image_emb: torch.Tensor, labels: list[str],
+                       templates: list[str], batch_size: int) -> float:
+    """Classifier = mean of the normalised template embeddings per class (CLIP's prompt ensemble)."""
+    classes = sorted(set(labels))
+    class_emb = []
+    for name in classes:
+        readable = name.replace("-", " ").replace("_", " ")
+        prompts = [t.format(readable) for t in templates]
+        class_emb.append(F.normalize(embed_texts(model, tokenize, prompts, batch_size).mean(0), dim=-1))
+    logits = image_emb @ torch.stack(class_emb).T  # [N, C]
+    target = torch.tensor([classes.index(label) for label in labels])
+    return (logits.argmax(1) == target).float().mean().item()
+
+
+def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_size: int = 256) -> dict:
+    """eval_set: {"image": [N,3,H,W], "caption": [N], "labels": {field: [N]}}, as make_eval_set gives."""
+    was_training = model.training
+    model.eval()
+    image_emb = embed_images(model, eval_set["image"], batch_size)
+    text_emb = embed_texts(model, tokenize, eval_set["caption"], batch_size)
+    metrics = retrieval_recall(image_emb, text_emb, eval_set["caption"])
+    for field, labels in eval_set["labels"].items():
+        metrics[f"zero_shot_{field}_acc"] = zero_shot_accuracy(model, tokenize, image_emb, labels, templates, batch_size)
+        metrics[f"zero_shot_{field}_classes"] = len(set(labels))
+    metrics["samples"] = len(eval_set["caption"])
+    model.train(was_training)
+    return metrics

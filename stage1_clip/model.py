@@ -1,0 +1,54 @@
+"""The CLIP dual encoder: an image tower and a text tower projected into one normalised space."""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stage1_clip.config import LossConfig, ModelConfig
+from stage1_clip.towers import build_text_tower, build_vision_tower
+
+
+class CLIP(nn.Module):
+    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, vocab_size: int,
+                 hf_text_config: dict | None = None):
+        super().__init__()
+        self.vision = build_vision_tower(model_cfg.vision)
+        self.text = build_text_tower(model_cfg.text, vocab_size, hf_text_config)
+        self.image_projection = nn.Linear(self.vision.output_width, model_cfg.embed_dim, bias=False)
+        self.text_projection = nn.Linear(self.text.output_width, model_cfg.embed_dim, bias=False)
+        nn.init.normal_(self.image_projection.weight, std=self.vision.output_width ** -0.5)
+        nn.init.normal_(self.text_projection.weight, std=self.text.output_width ** -0.5)
+        # Shape (1,), not a 0-dim scalar: DeepSpeed 0.19.8 cannot flatten 0-dim parameters.
+        self.logit_scale = nn.Parameter(torch.full((1,), loss_cfg.init_logit_scale))
+        self.logit_bias = nn.Parameter(torch.full((1,), loss_cfg.init_logit_bias)) if loss_cfg.type == "siglip" else None
+        self.max_logit_scale = loss_cfg.max_logit_scale
+        self.uses_attention_mask = model_cfg.text.type == "hf"
+
+    def train(self, mode: bool = True) -> "CLIP":
+        super().train(mode)
+        for tower in (self.vision, self.text):
+            if not any(p.requires_grad for p in tower.parameters()):
+                tower.eval()  # a locked tower runs as at inference: no dropout, no BatchNorm statistic updates
+        return self
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.vision(images)  # [B, Wv]
+        return F.normalize(self.image_projection(features), dim=-1)  # [B, D]
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.uses_attention_mask:
+            features = self.text(input_ids, attention_mask)  # [B, Wt]
+        else:
+            features = self.text(input_ids)  # [B, Wt]; pooled at the end-of-text token
+        return F.normalize(self.text_projection(features), dim=-1)  # [B, D]
+
+    def temperature_scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped at exp(max): the clamp sits in the graph so it also holds under ZeRO-3."""
+        return self.logit_scale.clamp(max=self.max_logit_scale).exp()  # (1,)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
+        return {
+            "image_features": self.encode_image(images),
+            "text_features": self.encode_text(input_ids, attention_mask),
+            "logit_scale": self.temperature_scale(),
+            "logit_bias": self.logit_bias,
+        }

@@ -1,0 +1,43 @@
+"""Builds the image and text towers named in the config."""
+from torch import nn
+
+from mmtool.errors import MmtoolError
+from mmtool.pretrained import resolve_model_dir
+from stage1_clip.config import TextConfig, VisionConfig
+
+
+def build_vision_tower(cfg: VisionConfig) -> nn.Module:
+    if cfg.type == "vit":
+        from stage1_clip.vit import VisionTransformer
+
+        if cfg.image_size % cfg.patch_size:
+            raise MmtoolError(f"model.vision: image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+        return VisionTransformer(image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width,
+                                 layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                                 grad_checkpointing=cfg.grad_checkpointing)
+    if cfg.type == "resnet":
+        from stage1_clip.resnet import ModifiedResNet
+
+        return ModifiedResNet(layers=tuple(cfg.stage_blocks), width=cfg.width, heads=cfg.heads,
+                              image_size=cfg.image_size, output_dim=cfg.resnet_output_dim)
+    raise MmtoolError(f"model.vision.type: unknown tower {cfg.type!r} (known: vit, resnet)")
+
+
+def build_text_tower(cfg: TextConfig, vocab_size: int, hf_config: dict | None = None) -> nn.Module:
+    if cfg.type == "transformer":
+        from stage1_clip.text_transformer import TextTransformer
+
+        return TextTransformer(vocab_size=vocab_size, context_length=cfg.context_length, width=cfg.width,
+                               layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                               grad_checkpointing=cfg.grad_checkpointing)
+    if cfg.type == "hf":
+        from stage1_clip.hf_text import HFTextTower
+
+        if hf_config is not None:  # rebuilt from a checkpoint: weights come from its state dict
+            return HFTextTower.from_config_dict(hf_config, pooling=cfg.hf_pooling,
+                                               grad_checkpointing=cfg.grad_checkpointing)
+        if not cfg.hf_path:
+            raise MmtoolError("model.text.hf_path: required when model.text.type is hf")
+        return HFTextTower.from_pretrained(resolve_model_dir(cfg.hf_path), pooling=cfg.hf_pooling,
+                                          grad_checkpointing=cfg.grad_checkpointing)
+    raise MmtoolError(f"model.text.type: unknown tower {cfg.type!r} (known: transformer, hf)")

@@ -1,0 +1,152 @@
+"""The stage-1 training loop: contrastive pretraining of the CLIP towers on webdataset shards."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from mmtool import distributed
+from mmtool.config import to_dict
+from mmtool.data.images import AugmentConfig
+from mmtool.data.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
+from mmtool.engine import OptimSettings, TrainEngine
+from mmtool.errors import MmtoolError
+from mmtool.run_log import RunLog
+from stage1_clip.bundle import save_clip
+from stage1_clip.config import ClipConfig
+from stage1_clip.evaluate import evaluate_clip
+from stage1_clip.loss import build_loss
+from stage1_clip.model import CLIP
+from stage1_clip.tokenizer_setup import prepare_tokenizer
+
+STATE_DIR = "state"  # DeepSpeed training states under --out, for --resume
+
+
+def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
+    """Trains, evaluates and writes out/clip.pt; returns the last evaluation metrics."""
+    distributed.init_distributed()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = distributed.rank(), distributed.world_size()
+
+    train_urls = resolve_shards(cfg.data.train)
+    samples = cfg.data.train_samples or sample_count(train_urls)
+    steps_per_epoch = samples // (cfg.data.batch_size * world)
+    if steps_per_epoch == 0:
+        raise MmtoolError(f"data.batch_size {cfg.data.batch_size} x {world} ranks exceeds the {samples} training samples")
+    total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    eval_set = (make_eval_set(resolve_shards(cfg.data.val), cfg.model.vision.image_size, cfg.data.label_fields)
+                if cfg.data.val else None)
+
+    tokenizer = prepare_tokenizer(cfg, train_urls, out)
+    model = CLIP(cfg.model, cfg.loss, getattr(tokenizer, "vocab_size", None))
+    loss_fn = build_loss(cfg.loss.type)
+    engine = TrainEngine(model, cfg.train.deepspeed, cfg.data.batch_size, OptimSettings(
+        lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
+        grad_clip=cfg.train.grad_clip, warmup_steps=cfg.train.warmup_steps, total_steps=total_steps,
+        min_lr_ratio=cfg.train.min_lr_ratio, rules=cfg.train.param_groups))
+
+    progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+    if resume:
+        progress.update(engine.load_state(out / STATE_DIR)["progress"])
+    if distributed.is_main():
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    log = RunLog(out, total_steps, progress["step"], enabled=distributed.is_main())
+    log.message(f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on "
+                f"{samples} samples x {world} rank(s): {steps_per_epoch} steps/epoch, {total_steps} steps")
+
+    def checkpoint() -> None:
+        nonlocal saved_at
+        if saved_at != progress["step"]:
+            save_state(engine, out, progress, cfg.train.keep_states)
+            saved_at = progress["step"]
+
+    def run_eval() -> dict:
+        if eval_set is None:
+            return {}
+        nonlocal evaluated_at
+        metrics = evaluate_clip(engine.module, lambda texts: tokenizer(texts, cfg.model.text.context_length),
+                                eval_set, cfg.eval.templates, cfg.eval.batch_size)
+        evaluated_at = progress["step"]
+        log.write(progress["step"], "val", metrics)
+        log.message(format_metrics(progress["step"], metrics))
+        return metrics
+
+    augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
+    metrics, evaluated_at, saved_at, shown = {}, None, None, {}
+    skipped_total, window_start, window_samples = 0, time.perf_counter(), 0
+    engine.train()
+    while progress["step"] < total_steps:
+        loader = make_train_loader(
+            train_urls, batch_size=cfg.data.batch_size, image_size=cfg.model.vision.image_size,
+            epoch=progress["epoch"], seed=cfg.train.seed, rank=rank, world_size=world, workers=cfg.data.workers,
+            batches_per_epoch=steps_per_epoch, skip_batches=progress["batch_in_epoch"],
+            shuffle_buffer=cfg.data.shuffle_buffer, augment=augment, resampled=cfg.data.resampled)
+        for batch in loader:
+            input_ids, attention_mask = tokenizer(batch["caption"], cfg.model.text.context_length)
+            outputs = engine(batch["image"].to(engine.device, engine.param_dtype),
+                             input_ids.to(engine.device), attention_mask.to(engine.device))
+            loss = loss_fn(outputs["image_features"], outputs["text_features"],
+                           outputs["logit_scale"], outputs["logit_bias"])
+            engine.backward(loss)
+            engine.step()
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
+            skipped_total += sum(batch.get("skipped", {}).values())
+            window_samples += len(batch["caption"]) * world
+
+            if progress["step"] % cfg.train.log_every == 0 or progress["step"] == total_steps:
+                elapsed = time.perf_counter() - window_start
+                stats = {"loss": distributed.mean_over_ranks(loss), "lr": engine.current_lr(),
+                         "temperature": 1.0 / outputs["logit_scale"].item(),
+                         "samples_per_s": window_samples / elapsed, "skipped_samples": skipped_total}
+                log.write(progress["step"], "train", stats)
+                shown = {"loss": stats["loss"], "lr": stats["lr"], "temp": stats["temperature"],
+                         "samples/s": stats["samples_per_s"]}
+                window_start, window_samples = time.perf_counter(), 0
+            log.progress(1, **shown)
+            if cfg.train.save_every and progress["step"] % cfg.train.save_every == 0:
+                checkpoint()
+            if cfg.train.eval_every and progress["step"] % cfg.train.eval_every == 0:
+                metrics = run_eval()
+            if progress["step"] >= total_steps:
+                break
+        else:
+            progress["epoch"] += 1
+            progress["batch_in_epoch"] = 0
+            if not cfg.train.save_every:
+                checkpoint()
+            if not cfg.train.eval_every:
+                metrics = run_eval()
+
+    if evaluated_at != progress["step"]:
+        metrics = run_eval()
+    checkpoint()
+    state_dict = engine.full_state_dict()
+    if distributed.is_main():
+        save_clip(out / "clip.pt", cfg, state_dict, tokenizer, engine.module)
+        if metrics:
+            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+        log.message(f"wrote {out / 'clip.pt'}")
+    log.close()
+    distributed.barrier()
+    return metrics
+
+
+def save_state(engine: TrainEngine, out: Path, progress: dict, keep: int) -> None:
+    """Writes a resumable state tagged by step, then drops all but the newest `keep` tags."""
+    state_dir = out / STATE_DIR
+    engine.save_state(state_dir, f"step{progress['step']}", {"progress": dict(progress)})
+    distributed.barrier()
+    if distributed.is_main():
+        tags = sorted((p for p in state_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
+        for old in tags[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def format_metrics(step: int, metrics: dict) -> str:
+    shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return f"[eval step {step}] {shown}"

@@ -1,0 +1,35 @@
+"""CLIP's Vision Transformer image tower: patches + class token -> pre-norm transformer -> the CLS token."""
+import torch
+from torch import nn
+
+from stage1_clip.attention import Transformer
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
+                 mlp_ratio: float = 4.0, grad_checkpointing: bool = False):
+        super().__init__()
+        assert image_size % patch_size == 0, f"image_size {image_size} is not a multiple of patch_size {patch_size}"
+        self.output_width = width
+        num_patches = (image_size // patch_size) ** 2
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(num_patches + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, causal=False,
+                                       grad_checkpointing=grad_checkpointing)
+        self.ln_post = nn.LayerNorm(width)
+
+    def forward_hidden_states(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[embeddings after ln_pre, block 1, ..., block L], each [B, 1+N, width]; LLaVA takes features from [-2]."""
+        x = images.to(self.conv1.weight.dtype)  # under pure-bf16 training the weights are bf16
+        x = self.conv1(x)  # [B, D, H/p, W/p]
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D]
+        cls = self.class_embedding.expand(x.shape[0], 1, -1)  # [B, 1, D]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # [B, 1+N, D]
+        return self.transformer(self.ln_pre(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.forward_hidden_states(images)[-1]  # [B, 1+N, D]
+        return self.ln_post(x[:, 0])  # [B, D]
