@@ -27,11 +27,13 @@ def pretrain_clip(
     resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
 ):
     """Pretrain CLIP (or SigLIP) towers with DeepSpeed; evaluate on the val split; write OUT/clip.pt."""
+    from mmtool import distributed
     from mmtool.config import load_config
     from stage1_clip.config import ClipConfig
     from stage1_clip.train import pretrain_clip as run
 
     run(load_config(ClipConfig, config, overrides or []), out, resume=resume)
+    distributed.exit_cleanly()
 
 
 @app.command("eval-clip")

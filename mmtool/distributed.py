@@ -1,5 +1,6 @@
 """Process-group start-up shared by every stage: one plain process, torchrun or the deepspeed launcher."""
 import os
+import sys
 import socket
 
 import torch
@@ -62,3 +63,13 @@ def mean_over_ranks(value: torch.Tensor) -> float:
     value = value.detach().float().clone()
     torch.distributed.all_reduce(value)
     return value.item() / world_size()
+
+
+def exit_cleanly() -> None:
+    """End a multi-process run after a final barrier. Torch's gloo teardown occasionally aborts at interpreter
+    exit ('terminate called without an active exception') after all results are written; skipping it avoids that."""
+    if world_size() > 1:
+        barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

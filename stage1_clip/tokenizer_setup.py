@@ -1,10 +1,10 @@
 """Which tokenizer a run uses: the HF tower's own, a given sentencepiece model, or one trained on the captions."""
-import json
+import itertools
+from collections import Counter
 from pathlib import Path
 
-import webdataset as wds
-
 from mmtool import distributed
+from mmtool.data.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.pretrained import resolve_model_dir
 from mmtool.tokenizer import SentencePieceTokenizer
@@ -12,21 +12,9 @@ from stage1_clip.config import ClipConfig
 
 
 def iter_captions(urls: list[str], limit: int):
-    """Every caption phrasing of the first `limit` samples, read without decoding any image."""
-    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-    for count, sample in enumerate(dataset):
-        if count >= limit:
-            return
-        if "json" in sample:
-            try:
-                captions = json.loads(sample["json"]).get("captions")
-            except (ValueError, AttributeError):
-                captions = None
-            if captions:
-                yield from (c for c in captions if isinstance(c, str))
-                continue
-        if "txt" in sample:
-            yield sample["txt"].decode("utf-8", errors="replace")
+    """Every caption phrasing of the first `limit` usable samples, read without decoding any image."""
+    for sample in itertools.islice(parsed_samples(urls, Counter()), limit):
+        yield from sample.captions
 
 
 def train_tokenizer(urls: list[str], vocab_size: int, limit: int) -> SentencePieceTokenizer:

@@ -1,0 +1,17 @@
+"""Shared fixtures: a small real emoji shard set, built once per test session."""
+import os
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def emoji_shards(tmp_path_factory):
+    """~700 real Noto emoji (train + val by base emoji) in webdataset shards."""
+    from mmtool.data.emoji import build_emoji
+
+    out = tmp_path_factory.mktemp("emoji")
+    build_emoji(out, limit=700, shard_size=200)
+    return out
