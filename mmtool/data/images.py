@@ -1,0 +1,126 @@
+"""Image decoding and CLIP preprocessing with Pillow + numpy (torchvision does not install beside our torch)."""
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+MAX_PIXELS = 8192 * 8192  # larger images are treated as decompression bombs
+WHITE = (255, 255, 255)
+
+
+class BadSample(Exception):
+    """A sample that cannot be used; `reason` is a short slug the loaders count skips by."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation switches (random resized crop for now)."""
+    random_resized_crop_scale: tuple = (0.9, 1.0)  # share of the image area kept
+    ratio: tuple = (3 / 4, 4 / 3)  # crop aspect ratio range (width / height)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decodes fully, upright, as RGB or (when it has any transparency) RGBA; raises BadSample."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise BadSample("bomb", f"{width}x{height} pixels")
+            if width == 0 or height == 0:
+                raise BadSample("empty_image", f"{width}x{height}")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+            return img.convert("RGBA" if has_alpha else "RGB")
+    except BadSample:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadSample("bomb", str(err)) from err
+    except Exception as err:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) on bad bytes
+        raise BadSample("unreadable_image", f"{type(err).__name__}: {err}") from err
+
+
+def flatten_on_white(img: Image.Image) -> Image.Image:
+    """RGBA -> RGB composited on white (transparent icons would otherwise turn black)."""
+    if img.mode == "RGB":
+        return img
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, WHITE + (255,))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def load_image(data: bytes) -> Image.Image:
+    """Decoded RGB image, transparency composited on white; raises BadSample."""
+    return flatten_on_white(open_image(data))
+
+
+def pad_to_square(img: Image.Image) -> Image.Image:
+    """Centres an RGBA image on a transparent square canvas, keeping the drawing's own framing."""
+    side = max(img.size)
+    canvas = Image.new("RGBA", (side, side), (0, 0, 0, 0))
+    canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+    return canvas
+
+
+def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
+    pixels = np.asarray(img, dtype=np.float32) / 255.0  # [H, W, 3]
+    normalized = (pixels - CLIP_MEAN) / CLIP_STD  # [H, W, 3]
+    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))  # [3, H, W]
+
+
+def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
+    """Shorter side to `size` (bicubic), centre crop, CLIP normalisation -> [3, size, size] float32."""
+    width, height = img.size
+    scale = size / min(width, height)
+    # Rounding as torchvision's Resize does: the long side is truncated.
+    new_size = (size, int(height * scale)) if width <= height else (int(width * scale), size)
+    if new_size != img.size:
+        img = img.resize(new_size, Image.BICUBIC)
+    left = int(round((new_size[0] - size) / 2.0))
+    top = int(round((new_size[1] - size) / 2.0))
+    return to_normalized_tensor(img.crop((left, top, left + size, top + size)))
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale: tuple, ratio: tuple) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box sampling: (left, top, right, bottom)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    # Fallback: the largest centred crop whose aspect ratio lies within `ratio`.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def train_transform(img: Image.Image, size: int, rng: np.random.Generator,
+                    augment: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+    """Random resized crop to size x size (bicubic), CLIP normalisation -> [3, size, size] float32."""
+    box = random_resized_crop_box(img.width, img.height, rng, augment.random_resized_crop_scale, augment.ratio)
+    return to_normalized_tensor(img.resize((size, size), Image.BICUBIC, box=box))

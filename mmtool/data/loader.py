@@ -1,0 +1,154 @@
+"""Streaming training batches and the in-memory eval set, both read from webdataset shards.
+
+Reproducibility contract of make_train_loader: the batches depend only on (seed, epoch, rank, world_size,
+workers) and the shards. Batch b of a rank is built in a worker from stream b % workers, out of a fixed run of
+batch_size raw samples, so resuming after k batches skips k batches' worth of raw samples without decoding
+them. An unreadable image is skipped, counted, and its place taken by a copy of a good sample of the same batch
+(or, when none is good, of a stand-in chosen by batch index): batches keep their size (ranks all-gather equal
+shapes) and their raw positions.
+"""
+from collections import Counter
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mmtool.data.images import AugmentConfig, BadSample, eval_transform, load_image, train_transform
+from mmtool.data.sample_format import RawSample
+from mmtool.data.sample_stream import parsed_samples, seeded_rng, slot_samples
+from mmtool.data.shard_files import resolve_shards, sample_count  # noqa: F401 (public API of mmtool.data.loader)
+from mmtool.errors import MmtoolError
+
+
+def worker_plan(batches: int, skip: int, worker: int, workers: int) -> tuple[int, int, int]:
+    """(stream, skip_in_stream, count) for DataLoader worker `worker` of a run resumed after `skip` batches.
+
+    A fresh run's stream w makes batches w, w + workers, ...; the DataLoader asks its workers round-robin from
+    worker 0, so after a resume worker j must play stream (skip + j) % workers.
+    """
+    stream = (skip + worker) % workers
+    return stream, len(range(stream, skip, workers)), len(range(skip + worker, batches, workers))
+
+
+class ShardBatches(IterableDataset):
+    """One rank's batches for one epoch; each DataLoader worker yields its round-robin share."""
+
+    def __init__(self, urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
+                 world_size: int, workers: int, batches_per_epoch: int, skip_batches: int, shuffle_buffer: int,
+                 augment: AugmentConfig, resampled: bool):
+        super().__init__()
+        self.urls, self.batch_size, self.image_size, self.augment = urls, batch_size, image_size, augment
+        self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
+        self.workers = max(workers, 1)  # workers=0 (main process) reads the same stream as workers=1
+        self.batches_per_epoch, self.skip_batches = batches_per_epoch, skip_batches
+        self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info else 0
+        stream, skip_in_stream, count = worker_plan(self.batches_per_epoch, self.skip_batches, worker, self.workers)
+        skipped = Counter()
+        samples = slot_samples(self.urls, seed=self.seed, epoch=self.epoch,
+                               slot=self.rank * self.workers + stream, slots=self.world_size * self.workers,
+                               resampled=self.resampled, shuffle_buffer=self.shuffle_buffer, skipped=skipped)
+        for _ in range(skip_in_stream * self.batch_size):
+            next(samples)
+        skipped.clear()  # the skipped batches' counts were reported by the run that trained on them
+        for i in range(count):
+            batch_index = self.skip_batches + worker + i * self.workers
+            yield self.assemble([next(samples) for _ in range(self.batch_size)], batch_index, skipped)
+
+    def decode(self, raw: RawSample) -> tuple:
+        """(image [3, H, W], caption, key, meta); raises BadSample."""
+        rng = seeded_rng(self.seed, self.epoch, raw.key)  # per sample: independent of stream position
+        caption = raw.captions[int(rng.integers(len(raw.captions)))]
+        return train_transform(load_image(raw.image), self.image_size, rng, self.augment), caption, raw.key, raw.meta
+
+    def stand_in(self, batch_index: int) -> tuple:
+        """A decodable sample for a batch whose images all failed: the first one found from a shard picked by
+        (seed, epoch, rank, batch index), so a resumed run picks the same."""
+        start = int(seeded_rng(self.seed, self.epoch, "stand-in", self.rank, batch_index).integers(len(self.urls)))
+        for raw in parsed_samples(self.urls[start:] + self.urls[:start], Counter()):
+            try:
+                return self.decode(raw)
+            except BadSample:
+                continue
+        raise MmtoolError(f"no decodable image in the {len(self.urls)} shard(s) starting {self.urls[0]}")
+
+    def assemble(self, raws: list[RawSample], batch_index: int, skipped: Counter) -> dict:
+        """Decodes and augments; `skipped` (counts since the previous batch) travels in the batch and is reset."""
+        good = []
+        for raw in raws:
+            try:
+                good.append(self.decode(raw))
+            except BadSample as err:
+                skipped[err.reason] += 1
+        good = good or [self.stand_in(batch_index)]
+        filled = [good[i % len(good)] for i in range(len(raws))]
+        batch = {"image": torch.stack([f[0] for f in filled]),  # [B, 3, H, W]
+                 "caption": [f[1] for f in filled], "key": [f[2] for f in filled], "meta": [f[3] for f in filled],
+                 "skipped": dict(skipped)}
+        skipped.clear()
+        return batch
+
+
+class TrainLoader:
+    """Iterable over one rank's batches of an epoch; `skipped` totals the skip counts of the batches seen."""
+
+    def __init__(self, dataset: ShardBatches, workers: int, batches: int):
+        self.dataset, self.workers, self.batches = dataset, workers, batches
+        self.skipped = Counter()
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        batches = (DataLoader(self.dataset, batch_size=None, num_workers=self.workers, in_order=True)
+                   if self.workers else self.dataset)
+        for batch in batches:
+            self.skipped.update(batch["skipped"])
+            yield batch
+
+
+def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
+                      world_size: int, workers: int, batches_per_epoch: int, skip_batches: int = 0,
+                      shuffle_buffer: int = 1000, augment: AugmentConfig = AugmentConfig(),
+                      resampled: bool = False) -> TrainLoader:
+    """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] float32, "caption": [B] (a
+    random phrasing per sample), "key": [B], "meta": [B] json dicts, "skipped": {reason: count since the
+    previous batch}}, the same on every run; batch k of a skip_batches=k run is batch k of a fresh run."""
+    if not urls:
+        raise MmtoolError("make_train_loader got no shard urls")
+    if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
+        raise MmtoolError(f"bad loader setting: batch_size={batch_size} workers={workers} rank={rank} "
+                          f"world_size={world_size}")
+    dataset = ShardBatches(urls, batch_size=batch_size, image_size=image_size, epoch=epoch, seed=seed, rank=rank,
+                           world_size=world_size, workers=workers, batches_per_epoch=batches_per_epoch,
+                           skip_batches=skip_batches, shuffle_buffer=shuffle_buffer, augment=augment,
+                           resampled=resampled)
+    return TrainLoader(dataset, workers, max(batches_per_epoch - skip_batches, 0))
+
+
+def make_eval_set(urls: list[str], image_size: int, label_fields=("group", "subgroup")) -> dict:
+    """Every usable sample of the shards, in order, eval-transformed into memory.
+
+    Returns {"image": [N, 3, H, W], "caption": [N] canonical captions, "labels": {field: [N]}, "key": [N],
+    "skipped": {reason: count}}; a label field is kept only when every sample has it as a string or number.
+    """
+    skipped = Counter()
+    images, captions, keys, metas = [], [], [], []
+    for raw in parsed_samples(urls, skipped):
+        try:
+            images.append(eval_transform(load_image(raw.image), image_size))
+        except BadSample as err:
+            skipped[err.reason] += 1
+            continue
+        captions.append(raw.captions[0])
+        keys.append(raw.key)
+        metas.append(raw.meta)
+    if not images:
+        raise MmtoolError(f"no usable sample in {len(urls)} eval shard(s) starting {urls[0] if urls else '(none)'}"
+                          f" (skipped: {dict(skipped) or 'none'})")
+    labels = {field: [str(m[field]) for m in metas] for field in label_fields
+              if all(isinstance(m.get(field), (str, int)) and str(m[field]) for m in metas)}
+    return {"image": torch.stack(images), "caption": captions, "labels": labels, "key": keys,  # image: [N, 3, H, W]
+            "skipped": dict(skipped)}

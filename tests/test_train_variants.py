@@ -1,0 +1,47 @@
+"""The other shipped CPU recipes train a few steps and give a loadable, self-contained checkpoint."""
+import json
+
+import pytest
+import torch
+
+from stage1_clip.bundle import load_clip
+from tests.test_train_e2e import mmtool, train_losses
+
+SMALL = ["data.batch_size=32", "train.max_steps=3", "train.log_every=1", "data.workers=1", "train.warmup_steps=1",
+         "model.text.context_length=24"]
+
+
+def run(config: str, shards, out, *extra):
+    sets = [f"data.train={shards}/train-*.tar", f"data.val={shards}/val-*.tar", *SMALL, *extra]
+    mmtool("pretrain-clip", "--config", config, "--out", out, *[a for s in sets for a in ("--set", s)])
+    assert sorted(train_losses(out)) == [1, 2, 3]
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_siglip_learns_its_bias_and_scale(emoji_shards, tmp_path):
+    run("configs/clip/tiny_vit_siglip.yaml", emoji_shards, tmp_path, "model.vision.layers=2", "model.text.layers=2")
+    bundle = load_clip(tmp_path / "clip.pt")
+    assert bundle.model.logit_bias is not None
+    assert bundle.model.logit_bias.item() != pytest.approx(-10.0, abs=1e-6)
+    assert bundle.model.logit_scale.item() != pytest.approx(2.302585, abs=1e-6)
+
+
+def test_resnet_tower(emoji_shards, tmp_path):
+    run("configs/clip/tiny_resnet.yaml", emoji_shards, tmp_path, "model.text.layers=2")
+    assert load_clip(tmp_path / "clip.safetensors").config.model.vision.type == "resnet"
+
+
+def test_lit_locked_pretrained_text_tower(emoji_shards, tmp_path):
+    """The bundled MiniLM stays exactly as loaded (lr 0); the checkpoint rebuilds it without the package's files."""
+    from stage1_clip.hf_text import HFTextTower
+    from mmtool.pretrained import resolve_model_dir
+
+    run("configs/clip/lit_minilm.yaml", emoji_shards, tmp_path, "model.vision.layers=2")
+    bundle = load_clip(tmp_path / "clip.pt")
+    original = HFTextTower.from_pretrained(resolve_model_dir("minilm")).state_dict()
+    trained = bundle.model.text.state_dict()
+    assert original.keys() == trained.keys()
+    for name, tensor in original.items():
+        assert torch.equal(trained[name], tensor), name
+    ids, mask = bundle.tokenize(["a grinning face"])
+    assert ids[0, 0].item() == 101  # BERT's [CLS]: the tower's own tokenizer travelled with the checkpoint
