@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(fonts-noto-color-emoji unicode-data unicode-cldr-core)
+DEBIAN_PACKAGES=(fonts-noto-color-emoji unicode-data unicode-cldr-core openclipart-png openclipart-svg)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -14,9 +14,9 @@ class VisionConfig:
     layers: int = 6
     heads: int = 4
     mlp_ratio: float = 4.0
-    # ResNet: blocks per stage; `width` is the stem width, `heads` the attention-pool heads
+    # ResNet: blocks per stage; `width` is the stem width, `heads` the attention-pool heads (which projects
+    # straight to model.embed_dim)
     stage_blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
-    resnet_output_dim: int = 1024
     grad_checkpointing: bool = False
 
 

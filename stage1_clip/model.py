@@ -11,11 +11,15 @@ class CLIP(nn.Module):
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, vocab_size: int,
                  hf_text_config: dict | None = None):
         super().__init__()
-        self.vision = build_vision_tower(model_cfg.vision)
+        self.vision = build_vision_tower(model_cfg.vision, model_cfg.embed_dim)
         self.text = build_text_tower(model_cfg.text, vocab_size, hf_text_config)
-        self.image_projection = nn.Linear(self.vision.output_width, model_cfg.embed_dim, bias=False)
+        if model_cfg.vision.type == "resnet":
+            # CLIP's ResNet ends in an attention pool whose output projection already maps to the embedding.
+            self.image_projection = nn.Identity()
+        else:
+            self.image_projection = nn.Linear(self.vision.output_width, model_cfg.embed_dim, bias=False)
+            nn.init.normal_(self.image_projection.weight, std=self.vision.output_width ** -0.5)
         self.text_projection = nn.Linear(self.text.output_width, model_cfg.embed_dim, bias=False)
-        nn.init.normal_(self.image_projection.weight, std=self.vision.output_width ** -0.5)
         nn.init.normal_(self.text_projection.weight, std=self.text.output_width ** -0.5)
         # Shape (1,), not a 0-dim scalar: DeepSpeed 0.19.8 cannot flatten 0-dim parameters.
         self.logit_scale = nn.Parameter(torch.full((1,), loss_cfg.init_logit_scale))

@@ -6,7 +6,7 @@ from mmtool.pretrained import resolve_model_dir
 from stage1_clip.config import TextConfig, VisionConfig
 
 
-def build_vision_tower(cfg: VisionConfig) -> nn.Module:
+def build_vision_tower(cfg: VisionConfig, embed_dim: int) -> nn.Module:
     if cfg.type == "vit":
         from stage1_clip.vit import VisionTransformer
 
@@ -19,7 +19,7 @@ def build_vision_tower(cfg: VisionConfig) -> nn.Module:
         from stage1_clip.resnet import ModifiedResNet
 
         return ModifiedResNet(layers=tuple(cfg.stage_blocks), width=cfg.width, heads=cfg.heads,
-                              image_size=cfg.image_size, output_dim=cfg.resnet_output_dim)
+                              image_size=cfg.image_size, output_dim=embed_dim)
     raise MmtoolError(f"model.vision.type: unknown tower {cfg.type!r} (known: vit, resnet)")
 
 

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmtool.config import load_config
 from mmtool.errors import MmtoolError
@@ -49,3 +50,15 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("model: [unclosed")
     with pytest.raises(MmtoolError, match="bad.yaml"):
         load_config(ClipConfig, bad)
+
+
+@pytest.mark.parametrize("name, openai_params", [
+    ("vit_b32", 151_277_313), ("vit_b16", 149_620_737), ("vit_l14", 427_616_513), ("rn50", 102_007_137)])
+def test_large_configs_match_openai_clip_parameter_counts(name, openai_params):
+    """With OpenAI's 49,408-token vocabulary, each config builds exactly the published architecture."""
+    from stage1_clip.model import CLIP
+
+    cfg = load_config(ClipConfig, f"configs/clip/{name}.yaml")
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = CLIP(cfg.model, cfg.loss, vocab_size=49_408)
+    assert sum(p.numel() for p in model.parameters()) == openai_params

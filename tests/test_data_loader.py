@@ -2,6 +2,7 @@
 import io
 import json
 import struct
+import tarfile
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -13,6 +14,8 @@ from PIL import Image
 
 from mmtool.data.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
 from mmtool.data.sample_format import encode_sample
+from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.shard_files import iter_tar_groups
 from mmtool.data.shards import META_FILE, SplitWriter, write_meta
 from mmtool.errors import MmtoolError
 
@@ -195,3 +198,42 @@ def test_resolve_shards_and_sample_count(shards, tmp_path):
     copy = tmp_path / "copy-000000.tar"
     copy.write_bytes(Path(shards[0]).read_bytes())
     assert not (tmp_path / META_FILE).exists() and sample_count([str(copy)]) == 12  # by listing the tar
+
+
+def test_pipe_and_file_urls_read_the_same_samples_as_plain_paths(shards, tmp_path):
+    folder = Path(shards[0]).parent
+    piped = resolve_shards(f"pipe:cat {folder}/train-{{000000..000003}}.tar")  # brace-expanded, not checked
+    assert piped == [f"pipe:cat {s}" for s in shards]
+    file_urls = resolve_shards([Path(s).as_uri() for s in shards])
+    plain = [(s.key, s.image, s.captions, s.meta) for s in parsed_samples(shards, Counter())]
+    for urls in (piped, file_urls):
+        skipped = Counter()
+        assert [(s.key, s.image, s.captions, s.meta) for s in parsed_samples(urls, skipped)] == plain
+        assert skipped == Counter(FIELD_FAILURES)
+        assert sample_count(urls) == GOOD + len(bad_samples())  # from the meta.json beside them
+        batches = run(urls)
+        assert all(torch.equal(a["image"], b["image"]) and a["key"] == b["key"] for a, b in zip(batches, run(shards)))
+    copy = tmp_path / "copy-000000.tar"
+    copy.write_bytes(Path(shards[0]).read_bytes())
+    with pytest.raises(MmtoolError, match="set data.train_samples"):
+        sample_count([f"pipe:cat {copy}"])
+    with pytest.raises(MmtoolError, match="pipe:aws s3 cp"):
+        resolve_shards("s3://bucket/train-{000000..000003}.tar")
+
+
+def test_a_broken_shard_counts_once_and_keeps_the_samples_before_the_break(shards, tmp_path):
+    whole = [group["__key__"] for group in iter_tar_groups(shards[0], Counter())]
+    with tarfile.open(shards[0]) as tar:
+        sixth = [m for m in tar.getmembers() if m.name.startswith(whole[5] + ".")]
+    data = Path(shards[0]).read_bytes()
+    for member in (sixth[0], sixth[-1]):  # cut inside the sixth sample's first and last member
+        cut = tmp_path / "cut.tar"
+        cut.write_bytes(data[:member.offset_data + member.size // 2])
+        for url in (str(cut), f"pipe:cat {cut}"):
+            skipped = Counter()
+            assert [group["__key__"] for group in iter_tar_groups(url, skipped)] == whole[:5], (member.name, url)
+            assert skipped == {"bad_shard": 1}
+    (tmp_path / "junk.tar").write_bytes(b"not a tar file" * 100)
+    for url in (str(tmp_path / "junk.tar"), str(tmp_path / "missing.tar"), f"pipe:cat {tmp_path}/missing.tar"):
+        skipped = Counter()
+        assert list(iter_tar_groups(url, skipped)) == [] and skipped == {"bad_shard": 1}, url

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import stage1_clip.loss as loss_module
-from dist_utils import run_on_ranks
+from tests.dist_utils import run_on_ranks
 
 WORLD, PER_RANK, IMAGE_IN, TEXT_IN, DIM = 2, 4, 6, 5, 3
 KINDS = ["clip", "siglip"]

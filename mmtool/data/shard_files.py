@@ -1,28 +1,45 @@
-"""Finding shard files, counting their samples and reading their tar members grouped by sample key."""
+"""Finding shards (local files or webdataset URLs), counting their samples and reading them grouped by sample key."""
 import glob
 import json
 import re
 import tarfile
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 import braceexpand
+from webdataset.gopen import gopen, gopen_schemes
+from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
 
 from mmtool.data.shards import META_FILE
 from mmtool.errors import MmtoolError
 
-# webdataset's key rule: the key runs to the first dot of the file name, the rest is the field.
-MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")  # "https://...", "pipe:...", "file:..." (not a drive letter)
+
+
+def is_url(url: str) -> bool:
+    return bool(URL.match(url))
 
 
 def resolve_shards(spec: str | list[str]) -> list[str]:
-    """Shard paths from a path, a glob, brace notation ("d/train-{000000..000009}.tar") or a list of those."""
+    """Shards from a path, a glob, brace notation ("d/train-{000000..000009}.tar") or a list of those.
+
+    webdataset URLs ("https://h/train-{000000..000099}.tar", "pipe:aws s3 cp s3://b/train-000000.tar -",
+    "file:/d/train-000000.tar") are only brace-expanded: they cannot be globbed, and a missing one counts as a
+    bad shard when read.
+    """
     if isinstance(spec, list):
         return [path for part in spec for path in resolve_shards(part)]
     paths = []
     for pattern in braceexpand.braceexpand(spec):
-        if glob.has_magic(pattern):
+        if is_url(pattern):
+            if (scheme := urlparse(pattern).scheme) not in {*gopen_schemes, "file"}:
+                raise MmtoolError(f"webdataset cannot open '{scheme}:' URLs ({pattern}); stream them through a "
+                                  f"command instead, e.g. 'pipe:aws s3 cp s3://bucket/shard-000000.tar -'")
+            paths.append(pattern)
+        elif glob.has_magic(pattern):
             paths += sorted(glob.glob(pattern))
         elif Path(pattern).is_file():
             paths.append(pattern)
@@ -35,62 +52,90 @@ def resolve_shards(spec: str | list[str]) -> list[str]:
 
 def sample_count(urls: str | list[str]) -> int:
     """Samples in the shards: from meta.json beside them (mmtool builders), img2dataset's *_stats.json,
-    or else by listing the tar members."""
+    or else, for local files only, by listing the tar members."""
     urls = resolve_shards(urls) if isinstance(urls, str) else urls
-    listed: dict[Path, dict] = {}
+    listed: dict[str, dict[str, int]] = {}  # meta.json location: {shard name: samples}
     total = 0
     for url in urls:
-        path = Path(url)
-        if path.parent not in listed:
-            listed[path.parent] = counts_in_meta(path.parent / META_FILE)
-        stats = path.with_name(path.name.split(".")[0] + "_stats.json")
-        if path.name in listed[path.parent]:
-            total += listed[path.parent][path.name]
-        elif stats.is_file() and "successes" in (written := json.loads(stats.read_text())):
-            total += written["successes"]
+        name, meta = shard_name(url), beside(url, META_FILE)
+        if meta not in listed:
+            listed[meta] = counts_in_meta(read_if_there(meta))
+        if name in listed[meta]:
+            total += listed[meta][name]
+        elif "successes" in (stats := json.loads(read_if_there(beside(url, name.split(".")[0] + "_stats.json"))
+                                                 or "{}")):
+            total += stats["successes"]
+        elif is_url(url):
+            raise MmtoolError(f"cannot count the samples of {url}: there is no {META_FILE} (or img2dataset "
+                              f"*_stats.json) beside it; set data.train_samples")
         else:
-            total += len({match.group(1) for name in member_names(path) if (match := MEMBER_NAME.match(name))})
+            total += len(member_keys(url))
     return total
 
 
-def counts_in_meta(meta_path: Path) -> dict[str, int]:
+def shard_name(url: str) -> str:
+    """The shard's file name; in a URL the part after the last '/' up to a space ('pipe:cat /d/x.tar -')."""
+    return re.match(r"\S*", url.rpartition("/")[2]).group() if is_url(url) else Path(url).name
+
+
+def beside(url: str, name: str) -> str:
+    """Where file `name` lies in the shard's folder (a path or a URL of the same kind)."""
+    if not is_url(url):
+        return str(Path(url).with_name(name))
+    head, slash, tail = url.rpartition("/")
+    return head + slash + tail.replace(shard_name(url), name, 1)
+
+
+def read_if_there(url: str) -> bytes | None:
+    try:
+        with gopen(url) as stream:
+            return stream.read()
+    except OSError:  # missing file, or a command (curl -f, aws s3 cp, cat) that failed
+        return None
+
+
+def counts_in_meta(meta: bytes | None) -> dict[str, int]:
     """{shard name: samples} for every split listed in an mmtool meta.json (empty when there is none)."""
-    if not meta_path.is_file():
-        return {}
-    splits = json.loads(meta_path.read_text()).get("splits", {})
+    splits = json.loads(meta).get("splits", {}) if meta else {}
     return {name: count for split in splits.values()
             for name, count in zip(split.get("shards", []), split.get("shard_samples", []))}
 
 
-def member_names(path: Path) -> list[str]:
+def member_keys(path: str) -> set[str]:
     try:
         with tarfile.open(path) as tar:
-            return [m.name for m in tar.getmembers() if m.isfile()]
+            return {base_plus_ext(m.name)[0] for m in tar.getmembers() if m.isfile()} - {None}
     except (OSError, tarfile.TarError) as err:
         raise MmtoolError(f"cannot read shard {path}: {err}") from err
 
 
 def iter_tar_groups(url: str, skipped: Counter) -> Iterator[dict]:
-    """{"__key__": key, field: bytes, ...} per sample, in tar order.
+    """{"__key__": key, "__url__": url, field: bytes, ...} per sample, in tar order, read by webdataset.
 
     A shard that cannot be opened or breaks off mid-way counts once as skipped["bad_shard"]; the samples
-    before the break still come through (the same ones every time, so streams stay reproducible).
+    before the break still come through (the same ones every time, so streams stay reproducible), not the one
+    being read at the break, which may lack members.
     """
-    group: dict = {}
-    try:
-        with tarfile.open(url, mode="r|*") as tar:
-            for member in tar:
-                match = MEMBER_NAME.match(member.name)
-                if not member.isfile() or not match or member.name.startswith("__"):
-                    continue
-                key, field = match.group(1), match.group(2).lower()
-                if group and group["__key__"] != key:
-                    yield group
-                    group = {}
-                group["__key__"] = key
-                group[field] = tar.extractfile(member).read()
-    except (OSError, EOFError, tarfile.TarError):
+    errors, reading = [], ""
+
+    def stop(exn: Exception) -> bool:  # webdataset's handler protocol: False stops reading (this one shard)
+        errors.append(exn)
+        return False
+
+    def note(name: str) -> bool:  # webdataset asks before it reads each member
+        nonlocal reading
+        reading = name
+        return True
+
+    for source in url_opener([{"url": url}], handler=stop):
+        try:
+            files = tar_file_expander([source], handler=stop, select_files=note)
+            for group in group_by_keys(files, handler=stop):
+                if errors and group["__key__"] == base_plus_ext(reading)[0]:
+                    break  # after a break only the group being read comes, and it may lack members
+                yield group
+        finally:
+            with suppress(OSError):  # a pipe closed before its command is done reports the broken pipe
+                source["stream"].close()
+    if errors:
         skipped["bad_shard"] += 1
-        return
-    if group:
-        yield group
