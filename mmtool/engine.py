@@ -78,8 +78,9 @@ class TrainEngine:
     def __call__(self, *args, **kwargs):
         return self.engine(*args, **kwargs)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+    def backward(self, loss: torch.Tensor, scale_wrt_gas: bool = True) -> None:
+        """scale_wrt_gas=False when `loss` already carries the right share of the accumulated gradient."""
+        self.engine.backward(loss, scale_wrt_gas=scale_wrt_gas)
 
     def step(self) -> None:
         self.engine.step()

@@ -72,7 +72,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    max_steps: int | None = None  # stop early (useful for smoke runs)
+    max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
+    # Micro-batches per optimizer step: every sample of the effective batch (data.batch_size x accum_steps x
+    # ranks) is contrasted with every other, through gradient caching (stage1_clip/grad_cache.py).
+    accum_steps: int = 1
     lr: float = 5e-4
     min_lr_ratio: float = 0.0
     warmup_steps: int = 100

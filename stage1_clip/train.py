@@ -16,6 +16,7 @@ from mmtool.run_log import RunLog
 from stage1_clip.bundle import save_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
+from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
 from stage1_clip.loss import build_loss
 from stage1_clip.model import CLIP
 from stage1_clip.tokenizer_setup import prepare_tokenizer
@@ -34,9 +35,13 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
 
     train_urls = resolve_shards(cfg.data.train)
     samples = cfg.data.train_samples or sample_count(train_urls)
-    steps_per_epoch = samples // (cfg.data.batch_size * world)
+    accum = cfg.train.accum_steps
+    if accum < 1:
+        raise MmtoolError(f"train.accum_steps must be >= 1, got {accum}")
+    steps_per_epoch = samples // (cfg.data.batch_size * accum * world)
     if steps_per_epoch == 0:
-        raise MmtoolError(f"data.batch_size {cfg.data.batch_size} x {world} ranks exceeds the {samples} training samples")
+        raise MmtoolError(f"data.batch_size {cfg.data.batch_size} x train.accum_steps {accum} x {world} ranks "
+                          f"exceeds the {samples} training samples")
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     eval_set = (make_eval_set(resolve_shards(cfg.data.val), cfg.model.vision.image_size, cfg.data.label_fields)
                 if cfg.data.val else None)
@@ -44,7 +49,7 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     tokenizer = prepare_tokenizer(cfg, train_urls, out)
     model = CLIP(cfg.model, cfg.loss, getattr(tokenizer, "vocab_size", None))
     loss_fn = build_loss(cfg.loss.type)
-    engine = TrainEngine(model, cfg.train.deepspeed, cfg.data.batch_size, OptimSettings(
+    engine = TrainEngine(model, cfg.train.deepspeed, cfg.data.batch_size, accum_steps=accum, optim=OptimSettings(
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
         grad_clip=cfg.train.grad_clip, warmup_steps=cfg.train.warmup_steps, total_steps=total_steps,
         min_lr_ratio=cfg.train.min_lr_ratio, rules=cfg.train.param_groups))
@@ -83,25 +88,26 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
         loader = make_train_loader(
             train_urls, batch_size=cfg.data.batch_size, image_size=cfg.model.vision.image_size,
             epoch=progress["epoch"], seed=cfg.train.seed, rank=rank, world_size=world, workers=cfg.data.workers,
-            batches_per_epoch=steps_per_epoch, skip_batches=progress["batch_in_epoch"],
+            batches_per_epoch=steps_per_epoch * accum, skip_batches=progress["batch_in_epoch"] * accum,
             shuffle_buffer=cfg.data.shuffle_buffer, augment=augment, resampled=cfg.data.resampled)
+        pending = []
         for batch in loader:
             input_ids, attention_mask = tokenizer(batch["caption"], cfg.model.text.context_length)
-            outputs = engine(batch["image"].to(engine.device, engine.param_dtype),
-                             input_ids.to(engine.device), attention_mask.to(engine.device))
-            loss = loss_fn(outputs["image_features"], outputs["text_features"],
-                           outputs["logit_scale"], outputs["logit_bias"])
-            engine.backward(loss)
-            engine.step()
-            progress["step"] += 1
-            progress["batch_in_epoch"] += 1
+            pending.append((batch["image"].to(engine.device, engine.param_dtype),
+                            input_ids.to(engine.device), attention_mask.to(engine.device)))
             skipped_total += sum(batch.get("skipped", {}).values())
             window_samples += len(batch["caption"]) * world
+            if len(pending) < accum:
+                continue
+            loss, temperature = train_step(engine, loss_fn, pending)
+            pending = []
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
 
             if progress["step"] % cfg.train.log_every == 0 or progress["step"] == total_steps:
                 elapsed = time.perf_counter() - window_start
                 stats = {"loss": distributed.mean_over_ranks(loss), "lr": engine.current_lr(),
-                         "temperature": 1.0 / outputs["logit_scale"].item(),
+                         "temperature": temperature,
                          "samples_per_s": window_samples / elapsed, "skipped_samples": skipped_total}
                 log.write(progress["step"], "train", stats)
                 shown = {"loss": stats["loss"], "lr": stats["lr"], "temp": stats["temperature"],
@@ -134,6 +140,19 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     log.close()
     distributed.barrier()
     return metrics
+
+
+def train_step(engine: TrainEngine, loss_fn, micro_batches: list[tuple]) -> tuple[torch.Tensor, float]:
+    """One optimizer step; returns the (rank-local) loss and the temperature it used."""
+    if len(micro_batches) > 1:
+        loss, logit_scale = cached_step(engine, loss_fn, micro_batches)
+    else:
+        outputs = engine(*micro_batches[0])
+        loss = loss_fn(*(outputs[name] for name in LOSS_INPUTS))
+        engine.backward(loss)
+        engine.step()
+        logit_scale = outputs["logit_scale"]
+    return loss, 1.0 / logit_scale.item()
 
 
 def save_state(engine: TrainEngine, out: Path, progress: dict, keep: int) -> None:

@@ -85,3 +85,14 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.returncode == 2 and "'bogus'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = mmtool("eval-clip", tmp_path / "nope.pt", "--data", "x", check=False)
     assert result.returncode == 2 and "checkpoint not found" in result.stderr
+
+
+def test_accumulated_micro_batches_train_like_one_big_batch(emoji_shards, tmp_path):
+    """2 micro-batches of 16 per step read the same 32 samples as one batch of 32 and contrast them all."""
+    common = ["train.max_steps=4", "data.val=null", "train.warmup_steps=1"]
+    pretrain(emoji_shards, tmp_path / "big", "data.batch_size=32", *common)
+    pretrain(emoji_shards, tmp_path / "accum", "data.batch_size=16", "train.accum_steps=2", *common)
+    big, accum = train_losses(tmp_path / "big"), train_losses(tmp_path / "accum")
+    assert sorted(accum) == [1, 2, 3, 4]
+    for step in big:
+        assert accum[step] == pytest.approx(big[step], rel=1e-4), step

@@ -45,3 +45,12 @@ def test_lit_locked_pretrained_text_tower(emoji_shards, tmp_path):
         assert torch.equal(trained[name], tensor), name
     ids, mask = bundle.tokenize(["a grinning face"])
     assert ids[0, 0].item() == 101  # BERT's [CLS]: the tower's own tokenizer travelled with the checkpoint
+
+
+def test_fp16_with_dynamic_loss_scaling(emoji_shards, tmp_path):
+    run("configs/clip/tiny_vit.yaml", emoji_shards, tmp_path, "train.deepspeed=configs/deepspeed/zero2_fp16.json",
+        "model.vision.layers=2", "model.text.layers=2")
+    losses = train_losses(tmp_path)
+    assert all(0 < loss < 10 for loss in losses.values()), losses
+    state = torch.load(tmp_path / "clip.pt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(t).all() for t in state.values())
