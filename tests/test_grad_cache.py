@@ -111,3 +111,31 @@ def test_dropout_masks_replay_between_the_two_passes():
     for name, grad in grads(model).items():
         if name != "logit_bias":  # CLIP ignores the bias
             torch.testing.assert_close(grad, expected[name], rtol=1e-10, atol=1e-13, msg=name)
+
+
+def _accumulate_on_rank(rank: int, world: int, kind: str, k: int, out_dir: str) -> None:
+    """This rank's half of the batch in k micro-batches; gradients summed over ranks / world as DP does."""
+    inputs = batch(16, seed=4)
+    half = [t.chunk(world)[rank] for t in inputs]
+    torch.manual_seed(0)
+    model = TinyClip().double()
+    cached_step(PlainEngine(model), build_loss(kind), split(half, k))
+    averaged = {}
+    for name, grad in grads(model).items():
+        torch.distributed.all_reduce(grad)
+        averaged[name] = grad / world
+    torch.save(averaged, f"{out_dir}/rank{rank}.pt")
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_accumulation_times_ranks_equals_one_process_with_everything(tmp_path, kind):
+    from tests.dist_utils import run_on_ranks
+
+    run_on_ranks(_accumulate_on_rank, 2, kind, 2, str(tmp_path))
+    torch.manual_seed(0)
+    model = TinyClip().double()
+    outputs = model(*batch(16, seed=4))
+    build_loss(kind)(*(outputs[n] for n in LOSS_INPUTS)).backward()
+    for rank in range(2):
+        for name, grad in torch.load(tmp_path / f"rank{rank}.pt").items():
+            torch.testing.assert_close(grad, grads(model)[name], rtol=1e-10, atol=1e-13, msg=f"rank {rank} {name}")
