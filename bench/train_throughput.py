@@ -5,6 +5,11 @@ loss on synthetic batches, which isolates the training step from data loading.
 
     .venv/bin/python bench/train_throughput.py                      # tiny_vit and vit_b32
     .venv/bin/python bench/train_throughput.py --configs configs/clip/tiny_vit.yaml --steps 20
+    .venv/bin/python bench/train_throughput.py --configs configs/clip/tiny_vit.yaml --batch-sizes 64 --accum 1 4
+
+With --accum k > 1 a step is k micro-batches through gradient caching (one contrastive batch of k x batch);
+`vs_plain` is its time over k plain steps of the same micro-batch (the target is <= 1.35: the extra cost
+should be one feature-only forward).
 """
 import argparse
 import json
@@ -14,7 +19,7 @@ import sys
 import time
 
 
-def run_one(config: str, batch_size: int, steps: int, warmup: int, deepspeed_config: str) -> dict:
+def run_one(config: str, batch_size: int, steps: int, warmup: int, deepspeed_config: str, accum: int) -> dict:
     import torch
 
     from mmtool.config import load_config
@@ -22,11 +27,12 @@ def run_one(config: str, batch_size: int, steps: int, warmup: int, deepspeed_con
     from stage1_clip.config import ClipConfig
     from stage1_clip.loss import build_loss
     from stage1_clip.model import CLIP
+    from stage1_clip.train import train_step
 
     cfg = load_config(ClipConfig, config, [f"data.batch_size={batch_size}", f"train.deepspeed={deepspeed_config}"])
     vocab = cfg.tokenizer.vocab_size
     model = CLIP(cfg.model, cfg.loss, vocab)
-    engine = TrainEngine(model, cfg.train.deepspeed, batch_size, OptimSettings(
+    engine = TrainEngine(model, cfg.train.deepspeed, batch_size, accum_steps=accum, optim=OptimSettings(
         lr=1e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0, warmup_steps=1, total_steps=10**6))
     loss_fn = build_loss(cfg.loss.type)
     size, length = cfg.model.vision.image_size, cfg.model.text.context_length
@@ -34,19 +40,17 @@ def run_one(config: str, batch_size: int, steps: int, warmup: int, deepspeed_con
     input_ids = torch.randint(4, vocab, (batch_size, length))
     input_ids[:, -1] = 3
     mask = torch.ones_like(input_ids)
+    micro_batches = [(images, input_ids, mask)] * accum
     times = []
     for step in range(warmup + steps):
         start = time.perf_counter()
-        out = engine(images, input_ids, mask)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"])
-        engine.backward(loss)
-        engine.step()
+        train_step(engine, loss_fn, micro_batches)
         if step >= warmup:
             times.append(time.perf_counter() - start)
     step_time = sorted(times)[len(times) // 2]
-    return {"config": config, "deepspeed": deepspeed_config, "batch": batch_size,
+    return {"config": config, "deepspeed": deepspeed_config, "batch": f"{batch_size}x{accum}",
             "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "step_s": round(step_time, 4), "samples_per_s": round(batch_size / step_time, 1),
+            "step_s": round(step_time, 4), "samples_per_s": round(batch_size * accum / step_time, 1),
             "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
             "threads": torch.get_num_threads()}
 
@@ -57,24 +61,33 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[128, 32])
     parser.add_argument("--deepspeed", nargs="+", default=["configs/deepspeed/fp32.json",
                                                            "configs/deepspeed/zero0_bf16.json"])
+    parser.add_argument("--accum", nargs="+", type=int, default=[1], help="micro-batches per step")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:  # child process: one measurement, printed as JSON
-        config, batch, ds = json.loads(args.one)
-        print("RESULT " + json.dumps(run_one(config, batch, args.steps, args.warmup, ds)))
+        config, batch, ds, accum = json.loads(args.one)
+        print("RESULT " + json.dumps(run_one(config, batch, args.steps, args.warmup, ds, accum)))
         return
     rows = []
     for config, batch in zip(args.configs, args.batch_sizes):
         for ds in args.deepspeed:
-            child = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup),
-                                    "--one", json.dumps([config, batch, ds])], capture_output=True, text=True)
-            lines = [l for l in child.stdout.splitlines() if l.startswith("RESULT ")]
-            if not lines:
-                sys.exit(f"{config} / {ds} failed:\n{child.stderr[-2000:]}")
-            rows.append(json.loads(lines[-1][7:]))
-    header = ["config", "deepspeed", "batch", "params_M", "step_s", "samples_per_s", "peak_rss_GiB", "threads"]
+            plain_step = None
+            for accum in args.accum:
+                child = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--warmup",
+                                        str(args.warmup), "--one", json.dumps([config, batch, ds, accum])],
+                                       capture_output=True, text=True)
+                lines = [l for l in child.stdout.splitlines() if l.startswith("RESULT ")]
+                if not lines:
+                    sys.exit(f"{config} / {ds} / accum {accum} failed:\n{child.stderr[-2000:]}")
+                row = json.loads(lines[-1][7:])
+                if accum == 1:
+                    plain_step = row["step_s"]
+                row["vs_plain"] = round(row["step_s"] / (accum * plain_step), 2) if plain_step else "-"
+                rows.append(row)
+    header = ["config", "deepspeed", "batch", "params_M", "step_s", "samples_per_s", "vs_plain", "peak_rss_GiB",
+              "threads"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

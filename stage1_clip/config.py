@@ -6,7 +6,7 @@ from mmtool.optim import ParamGroupRule
 
 @dataclass
 class VisionConfig:
-    type: str = "vit"  # vit | resnet
+    type: str = "vit"  # vit | resnet | efficientnet_lite0 | hf
     image_size: int = 64
     # ViT
     patch_size: int = 8
@@ -17,6 +17,10 @@ class VisionConfig:
     # ResNet: blocks per stage; `width` is the stem width, `heads` the attention-pool heads (which projects
     # straight to model.embed_dim)
     stage_blocks: list[int] = field(default_factory=lambda: [3, 4, 6, 3])
+    # efficientnet_lite0: start from the bundled ImageNet weights (a checkpoint's own weights replace them)
+    pretrained: bool = True
+    # hf: a local Hugging Face CLIP / SigLIP folder, image encoder or dual model (or a bundled alias)
+    hf_path: str | None = None
     grad_checkpointing: bool = False
 
 

@@ -9,9 +9,9 @@ from stage1_clip.towers import build_text_tower, build_vision_tower
 
 class CLIP(nn.Module):
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, vocab_size: int,
-                 hf_text_config: dict | None = None):
+                 hf_text_config: dict | None = None, hf_vision_config: dict | None = None):
         super().__init__()
-        self.vision = build_vision_tower(model_cfg.vision, model_cfg.embed_dim)
+        self.vision = build_vision_tower(model_cfg.vision, model_cfg.embed_dim, hf_vision_config)
         self.text = build_text_tower(model_cfg.text, vocab_size, hf_text_config)
         if model_cfg.vision.type == "resnet":
             # CLIP's ResNet ends in an attention pool whose output projection already maps to the embedding.

@@ -6,7 +6,7 @@ from mmtool.pretrained import resolve_model_dir
 from stage1_clip.config import TextConfig, VisionConfig
 
 
-def build_vision_tower(cfg: VisionConfig, embed_dim: int) -> nn.Module:
+def build_vision_tower(cfg: VisionConfig, embed_dim: int, hf_config: dict | None = None) -> nn.Module:
     if cfg.type == "vit":
         from stage1_clip.vit import VisionTransformer
 
@@ -20,7 +20,21 @@ def build_vision_tower(cfg: VisionConfig, embed_dim: int) -> nn.Module:
 
         return ModifiedResNet(layers=tuple(cfg.stage_blocks), width=cfg.width, heads=cfg.heads,
                               image_size=cfg.image_size, output_dim=embed_dim)
-    raise MmtoolError(f"model.vision.type: unknown tower {cfg.type!r} (known: vit, resnet)")
+    if cfg.type == "efficientnet_lite0":
+        from stage1_clip.efficientnet import EfficientNetLite0Tower
+
+        if cfg.grad_checkpointing:
+            raise MmtoolError("model.vision.grad_checkpointing: not supported by efficientnet_lite0")
+        return EfficientNetLite0Tower(pretrained=cfg.pretrained)
+    if cfg.type == "hf":
+        from stage1_clip.hf_vision import HFVisionTower
+
+        if hf_config is not None:  # rebuilt from a checkpoint: weights come from its state dict
+            return HFVisionTower.from_config_dict(hf_config, grad_checkpointing=cfg.grad_checkpointing)
+        if not cfg.hf_path:
+            raise MmtoolError("model.vision.hf_path: required when model.vision.type is hf")
+        return HFVisionTower.from_pretrained(resolve_model_dir(cfg.hf_path), grad_checkpointing=cfg.grad_checkpointing)
+    raise MmtoolError(f"model.vision.type: unknown tower {cfg.type!r} (known: vit, resnet, efficientnet_lite0, hf)")
 
 
 def build_text_tower(cfg: TextConfig, vocab_size: int, hf_config: dict | None = None) -> nn.Module:

