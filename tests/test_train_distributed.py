@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_train_e2e import TINY, train_losses
+from tests.test_train_e2e import TINY, clean_env, train_losses
 
 STEPS = 6
 
@@ -25,7 +25,7 @@ def torchrun_pretrain(shards: Path, out: Path, deepspeed_config: str) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), "-m", "mmtool", "pretrain-clip", "--out", str(out),
                *[arg for item in sets for arg in ("--set", item)]]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=clean_env())
     assert (out / "clip.pt").is_file(), result.stderr[-3000:]
 
 

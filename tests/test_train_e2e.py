@@ -1,5 +1,6 @@
 """End to end through the CLI: real emoji shards -> pretrain-clip -> clip.pt -> eval-clip, and resume."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,17 @@ TINY = [
 ]
 
 
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def clean_env() -> dict:
+    """This process's environment without a process group's variables (an in-process engine test sets them)."""
+    return {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+
+
 def mmtool(*args, check=True, **kwargs):
     result = subprocess.run([sys.executable, "-m", "mmtool", *map(str, args)], capture_output=True, text=True,
-                            **kwargs)
+                            env=clean_env(), **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"mmtool {' '.join(map(str, args))} failed:\n{result.stderr[-3000:]}")
     return result
