@@ -58,6 +58,9 @@ class LossConfig:
     init_logit_scale: float = 2.659260036932778  # ln(1/0.07)
     max_logit_scale: float = 4.605170185988092  # ln(100)
     init_logit_bias: float = -10.0  # siglip only
+    # Compute the loss tile by tile (never the N x N matrix; SigLIP passes text blocks around the ranks) once the
+    # global batch is large; empty = the dense loss.
+    tile_size: int | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
 from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
 from stage1_clip.loss import build_loss
+from stage1_clip.tiled_loss import build_tiled_loss
 from stage1_clip.model import CLIP
 from stage1_clip.tokenizer_setup import prepare_tokenizer
 
@@ -33,6 +34,11 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rank, world = distributed.rank(), distributed.world_size()
 
+    try:
+        loss_fn = (build_tiled_loss(cfg.loss.type, cfg.loss.tile_size) if cfg.loss.tile_size
+                   else build_loss(cfg.loss.type))
+    except ValueError as err:
+        raise MmtoolError(f"loss: {err}") from None
     train_urls = resolve_shards(cfg.data.train)
     samples = cfg.data.train_samples or sample_count(train_urls)
     accum = cfg.train.accum_steps
@@ -48,7 +54,6 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
 
     tokenizer = prepare_tokenizer(cfg, train_urls, out)
     model = CLIP(cfg.model, cfg.loss, getattr(tokenizer, "vocab_size", None))
-    loss_fn = build_loss(cfg.loss.type)
     engine = TrainEngine(model, cfg.train.deepspeed, cfg.data.batch_size, accum_steps=accum, optim=OptimSettings(
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
         grad_clip=cfg.train.grad_clip, warmup_steps=cfg.train.warmup_steps, total_steps=total_steps,

@@ -92,6 +92,9 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [f"mmtool: error: config file not found: {tmp_path / 'missing.yaml'}"]
     result = mmtool("pretrain-clip", "--set", "train.bogus=1", "--out", tmp_path / "o", check=False)
     assert result.returncode == 2 and "'bogus'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = mmtool("pretrain-clip", "--set", "loss.type=hinge", "--set", f"data.train={tmp_path}/none.tar",
+                    "--out", tmp_path / "o", check=False)
+    assert result.returncode == 2 and "'hinge'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = mmtool("eval-clip", tmp_path / "nope.pt", "--data", "x", check=False)
     assert result.returncode == 2 and "checkpoint not found" in result.stderr
 
