@@ -12,6 +12,8 @@ micro-batch, not on every one (the well-known implementation gets it k times too
 """
 import torch
 
+from stage1_clip.loss import upcast
+
 # Model outputs that feed the loss, in the order the loss takes them.
 LOSS_INPUTS = ("image_features", "text_features", "logit_scale", "logit_bias")
 
@@ -24,11 +26,6 @@ def _set_rng_states(states: tuple) -> None:
     torch.set_rng_state(states[0])
     if states[1] is not None:
         torch.cuda.set_rng_state_all(states[1])
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    # bf16 features -> fp32 for the loss and the surrogate products; fp64 (tests) stays fp64.
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def cached_step(engine, loss_fn, micro_batches: list[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,11 +43,11 @@ def cached_step(engine, loss_fn, micro_batches: list[tuple]) -> tuple[torch.Tens
 
     # 2. the loss of the whole effective batch and its gradient w.r.t. the features / scale / bias
     leaves = {
-        "image_features": _upcast(torch.cat([c["image_features"] for c in cached])).requires_grad_(),  # [k*b, D]
-        "text_features": _upcast(torch.cat([c["text_features"] for c in cached])).requires_grad_(),  # [k*b, D]
-        "logit_scale": _upcast(cached[0]["logit_scale"].detach()).requires_grad_(),  # (1,)
+        "image_features": upcast(torch.cat([c["image_features"] for c in cached])).requires_grad_(),  # [k*b, D]
+        "text_features": upcast(torch.cat([c["text_features"] for c in cached])).requires_grad_(),  # [k*b, D]
+        "logit_scale": upcast(cached[0]["logit_scale"].detach()).requires_grad_(),  # (1,)
         "logit_bias": (None if cached[0]["logit_bias"] is None
-                       else _upcast(cached[0]["logit_bias"].detach()).requires_grad_()),  # (1,)
+                       else upcast(cached[0]["logit_bias"].detach()).requires_grad_()),  # (1,)
     }
     loss = loss_fn(*(leaves[name] for name in LOSS_INPUTS))
     present = [name for name in LOSS_INPUTS if leaves[name] is not None]
@@ -63,12 +60,12 @@ def cached_step(engine, loss_fn, micro_batches: list[tuple]) -> tuple[torch.Tens
     for index, inputs in enumerate(micro_batches):
         _set_rng_states(rng_before[index])
         outputs = engine(*inputs)
-        surrogate = ((_upcast(outputs["image_features"]) * image_grads[index]).sum()
-                     + (_upcast(outputs["text_features"]) * text_grads[index]).sum())
+        surrogate = ((upcast(outputs["image_features"]) * image_grads[index]).sum()
+                     + (upcast(outputs["text_features"]) * text_grads[index]).sum())
         if index == 0:  # scale and bias are shared by all micro-batches: their gradient counts once
-            surrogate = surrogate + (_upcast(outputs["logit_scale"]) * grads["logit_scale"]).sum()
+            surrogate = surrogate + (upcast(outputs["logit_scale"]) * grads["logit_scale"]).sum()
             if "logit_bias" in grads:
-                surrogate = surrogate + (_upcast(outputs["logit_bias"]) * grads["logit_bias"]).sum()
+                surrogate = surrogate + (upcast(outputs["logit_bias"]) * grads["logit_bias"]).sum()
         # The surrogate's gradient is already the full-batch gradient's share: no 1/k scaling.
         engine.backward(surrogate, scale_wrt_gas=False)
         engine.step()

@@ -29,7 +29,7 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
+def upcast(x: torch.Tensor) -> torch.Tensor:
     # bf16/fp16 -> fp32 (softmax over thousands of logits needs it); fp64 stays fp64.
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
@@ -61,7 +61,7 @@ class ClipLoss(nn.Module):
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
-        images, texts = _upcast(image_features), _upcast(text_features)  # [B, D]
+        images, texts = upcast(image_features), upcast(text_features)  # [B, D]
         all_images, all_texts = gather_features(images), gather_features(texts)  # [N, D], N = W*B
         logits_per_image = logit_scale * images @ all_texts.T  # [B, N]
         logits_per_text = logit_scale * texts @ all_images.T  # [B, N]
@@ -84,7 +84,7 @@ class SigLipLoss(nn.Module):
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
         if logit_bias is None:
             raise ValueError("SigLipLoss needs logit_bias (the model's learnt bias, shape (1,))")
-        images, texts = _upcast(image_features), _upcast(text_features)  # [B, D]
+        images, texts = upcast(image_features), upcast(text_features)  # [B, D]
         all_texts = gather_features(texts)  # [N, D], N = W*B
         logits = logit_scale * images @ all_texts.T + logit_bias  # [B, N]
         batch = images.shape[0]

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from stage1_clip.loss import _rank_and_world, _upcast, gather_features
+from stage1_clip.loss import _rank_and_world, upcast, gather_features
 
 
 def _tiles(n: int, tile: int) -> list[slice]:
@@ -165,7 +165,7 @@ class TiledClipLoss(_TiledLoss):
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
-        images, texts = _upcast(image_features), _upcast(text_features)  # [B, D]
+        images, texts = upcast(image_features), upcast(text_features)  # [B, D]
         scale = _scalar(logit_scale, images.dtype)
         _, world = _rank_and_world()
         if world == 1:  # one matrix: its rows are image->text, its columns text->image; one pass gives both
@@ -190,7 +190,7 @@ class TiledSigLipLoss(_TiledLoss):
                 logit_bias: torch.Tensor | None = None) -> torch.Tensor:
         if logit_bias is None:
             raise ValueError("TiledSigLipLoss needs logit_bias (the model's learnt bias, shape (1,))")
-        images, texts = _upcast(image_features), _upcast(text_features)  # [B, D]
+        images, texts = upcast(image_features), upcast(text_features)  # [B, D]
         scale, bias = _scalar(logit_scale, images.dtype), _scalar(logit_bias, images.dtype)
         _, world = _rank_and_world()
         if world > 1:

@@ -7,13 +7,14 @@ import torch
 from mmtool.engine import OptimSettings, TrainEngine
 from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
 from stage1_clip.loss import build_loss
+from tests.test_train_e2e import LAUNCHER_VARIABLES
 from tests.test_grad_cache import TinyClip, batch, split
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_deepspeed_sees_the_full_batch_gradient(tmp_path, monkeypatch, zero_stage, kind):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in LAUNCHER_VARIABLES:
         monkeypatch.delenv(name, raising=False)  # restored afterwards: the engine sets them in-process
     k, n = 4, 16
     inputs = [t.float() if t.is_floating_point() else t for t in batch(n, seed=3)]

@@ -1,6 +1,5 @@
 """DeepSpeed with 2 CPU processes (gloo): ZeRO-2 and ZeRO-3 train like ZeRO-0, to bf16 tolerance."""
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -8,15 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.dist_utils import free_port
 from tests.test_train_e2e import TINY, clean_env, train_losses
 
 STEPS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def torchrun_pretrain(shards: Path, out: Path, deepspeed_config: str) -> None:
