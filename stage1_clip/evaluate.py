@@ -1,7 +1,7 @@
-"""Retrieval recall (both directions) and zero-shot classification with prompt-template ensembles."""
+"""Retrieval recall (both directions, over all items and within each label group) and zero-shot classification
+with prompt-template ensembles."""
 import torch
 import torch.nn.functional as F
-
 
 
 @torch.no_grad()
@@ -22,19 +22,51 @@ def embed_texts(model, tokenize, texts: list[str], batch_size: int) -> torch.Ten
     return torch.cat(chunks).float()  # [N, D]
 
 
+def same_caption(captions: list[str]) -> torch.Tensor:
+    """[N, N] bool: texts i and j are the same caption (so image i matches text j)."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    caption_id = torch.tensor([ids[c] for c in captions])  # [N]
+    return caption_id[:, None] == caption_id[None, :]  # [N, N]
+
+
+def recall_at(scores: torch.Tensor, positive: torch.Tensor, ks) -> list[float]:
+    """R@k for each k: the share of rows whose top-k columns (by score; -inf = not a candidate) hold a positive."""
+    ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1)  # [N, K]
+    hit = positive.gather(1, ranked.indices) & ranked.values.isfinite()  # [N, K]: the j-th ranked is a positive
+    return [hit[:, :k].any(1).float().mean().item() for k in ks]
+
+
 def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str],
                      ks=(1, 5, 10)) -> dict[str, float]:
     """Image i matches every text whose caption equals caption i (duplicates are not counted as misses)."""
-    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
-    caption_id = torch.tensor([ids[c] for c in captions])  # [N]
-    positive = caption_id[:, None] == caption_id[None, :]  # [N_img, N_txt]
+    positive = same_caption(captions)  # [N_img, N_txt]
     similarity = image_emb @ text_emb.T  # [N_img, N_txt]
     metrics = {}
     for name, scores, pos in (("image_to_text", similarity, positive), ("text_to_image", similarity.T, positive.T)):
-        ranked = scores.topk(min(max(ks), scores.shape[1]), dim=1).indices  # [N, K]
-        hit = pos.gather(1, ranked)  # [N, K]: whether the j-th ranked item is a positive
-        for k in ks:
-            metrics[f"{name}_R@{k}"] = hit[:, :k].any(1).float().mean().item()
+        for k, recall in zip(ks, recall_at(scores, pos, ks)):
+            metrics[f"{name}_R@{k}"] = recall
+    return metrics
+
+
+def within_group_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], labels: list[str],
+                        prefix: str, ks=(1, 5)) -> dict[str, float]:
+    """Retrieval among similar items: each query's candidates are the items of its own label group only.
+
+    Random in-batch negatives rarely share a fine label, so this is where hard negatives should show. Queries
+    whose group holds no non-matching candidate (a one-item group) are left out; `{prefix}_chance_r1` is the
+    R@1 of a random ranking over the same queries.
+    """
+    label_id = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    group = torch.tensor([label_id[label] for label in labels])  # [N]
+    candidate = group[:, None] == group[None, :]  # [N, N], symmetric
+    positive = same_caption(captions) & candidate  # [N_img, N_txt]
+    scored = ~(positive | ~candidate).all(1)  # [N]: queries with at least one negative candidate
+    similarity = (image_emb @ text_emb.T).masked_fill(~candidate, float("-inf"))  # [N_img, N_txt]
+    metrics = {f"{prefix}_queries": int(scored.sum())}
+    for name, scores, pos in (("i2t", similarity, positive), ("t2i", similarity.T, positive.T)):
+        for k, recall in zip(ks, recall_at(scores[scored], pos[scored], ks)):
+            metrics[f"{prefix}_{name}_r{k}"] = recall
+    metrics[f"{prefix}_chance_r1"] = (positive[scored].sum(1) / candidate[scored].sum(1)).mean().item()
     return metrics
 
 
@@ -59,6 +91,8 @@ def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_s
     image_emb = embed_images(model, eval_set["image"], batch_size)
     text_emb = embed_texts(model, tokenize, eval_set["caption"], batch_size)
     metrics = retrieval_recall(image_emb, text_emb, eval_set["caption"])
+    for field, labels in eval_set["labels"].items():
+        metrics.update(within_group_recall(image_emb, text_emb, eval_set["caption"], labels, field))
     for field, labels in eval_set["labels"].items():
         metrics[f"zero_shot_{field}_acc"] = zero_shot_accuracy(model, tokenize, image_emb, labels, templates, batch_size)
         metrics[f"zero_shot_{field}_classes"] = len(set(labels))
