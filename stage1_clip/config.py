@@ -22,6 +22,8 @@ class VisionConfig:
     # hf: a local Hugging Face CLIP / SigLIP folder, image encoder or dual model (or a bundled alias)
     hf_path: str | None = None
     grad_checkpointing: bool = False
+    # vit: share of patch tokens dropped at random in training (FLIP), in [0, 1); CLS is always kept
+    patch_dropout: float = 0.0
 
 
 @dataclass

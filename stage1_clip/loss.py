@@ -57,14 +57,24 @@ def _positive_columns(batch: int, device: torch.device) -> torch.Tensor:
 
 
 class ClipLoss(nn.Module):
-    """Symmetric InfoNCE: image->text and text->image cross-entropy, averaged (see module docstring for W > 1)."""
+    """Symmetric InfoNCE: image->text and text->image cross-entropy, averaged (see module docstring for W > 1).
+
+    `negative_text_features` [B, K, D] (optional) are extra captions per image, e.g. mined hard negatives: image
+    i's softmax runs over all N texts plus its own K. They must not be captions of image i (the caller's duty);
+    they stay local to the rank and do not enter the text->image direction.
+    """
 
     def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+                logit_bias: torch.Tensor | None = None,
+                negative_text_features: torch.Tensor | None = None) -> torch.Tensor:
         images, texts = upcast(image_features), upcast(text_features)  # [B, D]
         all_images, all_texts = gather_features(images), gather_features(texts)  # [N, D], N = W*B
         logits_per_image = logit_scale * images @ all_texts.T  # [B, N]
         logits_per_text = logit_scale * texts @ all_images.T  # [B, N]
+        if negative_text_features is not None:
+            negatives = upcast(negative_text_features)  # [B, K, D]
+            extra = logit_scale * torch.einsum("bd,bkd->bk", images, negatives)  # [B, K]
+            logits_per_image = torch.cat([logits_per_image, extra], dim=1)  # [B, N + K]
         if logit_bias is not None:
             # A shared shift cancels in the softmax; kept so both losses read logits the same way.
             logits_per_image = logits_per_image + logit_bias

@@ -7,6 +7,10 @@ from stage1_clip.config import TextConfig, VisionConfig
 
 
 def build_vision_tower(cfg: VisionConfig, embed_dim: int, hf_config: dict | None = None) -> nn.Module:
+    if not 0.0 <= cfg.patch_dropout < 1.0:
+        raise MmtoolError(f"model.vision.patch_dropout: {cfg.patch_dropout} is not in [0, 1)")
+    if cfg.patch_dropout and cfg.type != "vit":
+        raise MmtoolError(f"model.vision.patch_dropout: only the vit tower drops patches, not {cfg.type!r}")
     if cfg.type == "vit":
         from stage1_clip.vit import VisionTransformer
 
@@ -14,7 +18,7 @@ def build_vision_tower(cfg: VisionConfig, embed_dim: int, hf_config: dict | None
             raise MmtoolError(f"model.vision: image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
         return VisionTransformer(image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width,
                                  layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
-                                 grad_checkpointing=cfg.grad_checkpointing)
+                                 grad_checkpointing=cfg.grad_checkpointing, patch_dropout=cfg.patch_dropout)
     if cfg.type == "resnet":
         from stage1_clip.resnet import ModifiedResNet
 
