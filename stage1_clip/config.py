@@ -1,6 +1,7 @@
 """Stage-1 config: every knob of a CLIP run, loaded from configs/clip/*.yaml."""
 from dataclasses import dataclass, field
 
+from mmtool.data.augment import StyleAugment
 from mmtool.optim import ParamGroupRule
 
 
@@ -75,6 +76,9 @@ class DataConfig:
     shuffle_buffer: int = 2000
     resampled: bool = False
     random_resized_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    # Style-shift augmentations (background, rotation, colour jitter, grayscale, posterize, outline; caption
+    # templates and keyword dropout), all off by default: see mmtool/data/augment.py.
+    augment: StyleAugment = field(default_factory=StyleAugment)
     label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
 
 

@@ -85,7 +85,8 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
         log.message(format_metrics(progress["step"], metrics))
         return metrics
 
-    augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
+    augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale),
+                            style=cfg.data.augment)
     metrics, evaluated_at, saved_at, shown = {}, None, None, {}
     skipped_total, window_start, window_samples = 0, time.perf_counter(), 0
     engine.train()

@@ -114,8 +114,8 @@ def test_skipped_batches_are_not_decoded(shards, monkeypatch):
     import mmtool.data.loader as loader_module
 
     decoded = []
-    real_load_image = loader_module.load_image
-    monkeypatch.setattr(loader_module, "load_image", lambda data: decoded.append(1) or real_load_image(data))
+    real_open_image = loader_module.open_image
+    monkeypatch.setattr(loader_module, "open_image", lambda data: decoded.append(1) or real_open_image(data))
     run(shards, skip_batches=5)
     assert len(decoded) == (7 - 5) * 4
 

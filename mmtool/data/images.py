@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from mmtool.data.augment import WHITE, StyleAugment, after_crop, before_crop, composite
+
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 MAX_PIXELS = 8192 * 8192  # larger images are treated as decompression bombs
-WHITE = (255, 255, 255)
 
 
 class BadSample(Exception):
@@ -24,9 +25,10 @@ class BadSample(Exception):
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation switches (random resized crop for now)."""
+    """Training-time augmentation: random resized crop, and the style switches (mmtool/data/augment.py)."""
     random_resized_crop_scale: tuple = (0.9, 1.0)  # share of the image area kept
     ratio: tuple = (3 / 4, 4 / 3)  # crop aspect ratio range (width / height)
+    style: StyleAugment = StyleAugment()
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -54,11 +56,7 @@ def open_image(data: bytes) -> Image.Image:
 
 def flatten_on_white(img: Image.Image) -> Image.Image:
     """RGBA -> RGB composited on white (transparent icons would otherwise turn black)."""
-    if img.mode == "RGB":
-        return img
-    rgba = img.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, WHITE + (255,))
-    return Image.alpha_composite(background, rgba).convert("RGB")
+    return composite(img, WHITE)
 
 
 def load_image(data: bytes) -> Image.Image:
@@ -121,6 +119,8 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
 
 def train_transform(img: Image.Image, size: int, rng: np.random.Generator,
                     augment: AugmentConfig = AugmentConfig()) -> torch.Tensor:
-    """Random resized crop to size x size (bicubic), CLIP normalisation -> [3, size, size] float32."""
+    """RGB or RGBA image (transparency shows white unless the background switch is on) -> style augmentations
+    around a random resized crop to size x size (bicubic), CLIP normalisation -> [3, size, size] float32."""
+    img = before_crop(img, augment.style, rng)
     box = random_resized_crop_box(img.width, img.height, rng, augment.random_resized_crop_scale, augment.ratio)
-    return to_normalized_tensor(img.resize((size, size), Image.BICUBIC, box=box))
+    return to_normalized_tensor(after_crop(img.resize((size, size), Image.BICUBIC, box=box), augment.style, rng))

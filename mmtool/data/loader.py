@@ -12,7 +12,8 @@ from collections import Counter
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mmtool.data.images import AugmentConfig, BadSample, eval_transform, load_image, train_transform
+from mmtool.data.augment import pick_caption
+from mmtool.data.images import AugmentConfig, BadSample, eval_transform, load_image, open_image, train_transform
 from mmtool.data.sample_format import RawSample
 from mmtool.data.sample_stream import parsed_samples, seeded_rng, slot_samples
 from mmtool.data.shard_files import resolve_shards, sample_count  # noqa: F401 (public API of mmtool.data.loader)
@@ -60,8 +61,10 @@ class ShardBatches(IterableDataset):
     def decode(self, raw: RawSample) -> tuple:
         """(image [3, H, W], caption, key, meta); raises BadSample."""
         rng = seeded_rng(self.seed, self.epoch, raw.key)  # per sample: independent of stream position
-        caption = raw.captions[int(rng.integers(len(raw.captions)))]
-        return train_transform(load_image(raw.image), self.image_size, rng, self.augment), caption, raw.key, raw.meta
+        caption = pick_caption(raw.captions, raw.meta, self.augment.style, rng)
+        # Transparency kept: train_transform composites it on the (possibly random) background.
+        image = train_transform(open_image(raw.image), self.image_size, rng, self.augment)
+        return image, caption, raw.key, raw.meta
 
     def stand_in(self, batch_index: int) -> tuple:
         """A decodable sample for a batch whose images all failed: the first one found from a shard picked by
