@@ -98,6 +98,20 @@ def data_from_jsonl(
     print(json.dumps(build_from_jsonl(file, out), indent=2))
 
 
+@data_app.command("instructions")
+def data_instructions(
+    shards: Annotated[str, typer.Option(help="Emoji shards, e.g. 'data/emoji/{train,val}-*.tar'")],
+    out: Annotated[Path, typer.Option(help="Folder for <split>.json and images/")] = Path("data/instruct"),
+    tasks: Annotated[str, typer.Option(help="Comma list of what, group, describe, yesno, multi")]
+    = "what,group,describe,yesno,multi",
+    seed: Annotated[int, typer.Option(help="Seed for question choice and yes/no premises")] = 0,
+):
+    """LLaVA-format instruction conversations from emoji shards' metadata, one JSON per shard split."""
+    from mmtool.data.instructions import build_instructions
+
+    print(json.dumps(build_instructions(shards, out, tasks=tasks, seed=seed), indent=2))
+
+
 @tokenizer_app.command("train")
 def tokenizer_train(
     data: Annotated[str, typer.Option(help="Training shards (glob, brace list or file)")],
@@ -113,6 +127,51 @@ def tokenizer_train(
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.save(out)
     print(f"wrote {out} ({tokenizer.vocab_size} pieces)")
+
+
+@app.command("align")
+def align(
+    vision: Annotated[Optional[Path], typer.Option(help="Stage-1 checkpoint (clip.pt) whose image tower is used")]
+    = None,
+    llm: Annotated[Optional[str], typer.Option(help="LLM: HF folder, .gguf file, alias (llama) or hub id")] = None,
+    config: Annotated[Path, typer.Option(help="YAML under configs/align/")] = Path("configs/align/emoji.yaml"),
+    overrides: SetOption = None,
+    out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, metrics, training states")] = Path("ckpt/align"),
+    resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
+):
+    """Stage 2: train a projector from a frozen stage-1 image tower into a frozen LLM; write OUT/vlm.pt."""
+    from mmtool import distributed
+    from mmtool.config import load_config
+    from stage2_projector.config import AlignConfig
+    from stage2_projector.train import align as run
+
+    sets = list(overrides or [])
+    sets += [f"model.vision={vision}"] if vision else []
+    sets += [f"model.llm={llm}"] if llm else []
+    run(load_config(AlignConfig, config, sets), out, resume=resume)
+    distributed.exit_cleanly()
+
+
+@app.command("chat")
+def chat(
+    question: Annotated[str, typer.Argument(help="What to ask about the image")],
+    model: Annotated[Path, typer.Option(help="A vlm.pt checkpoint or the run folder holding it")],
+    image: Annotated[Path, typer.Option(help="Image file (PNG, JPEG, ...)")],
+    llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
+):
+    """Answer a question about an image, streaming the answer."""
+    from stage2_projector.bundle import load_vlm
+    from stage3_llm.generate import generate
+
+    if not image.is_file():
+        raise MmtoolError(f"--image {image}: file not found")
+    bundle = load_vlm(model, llm)
+    generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
+             bundle.num_image_tokens, max_new_tokens, temperature,
+             on_text=lambda text: print(text, end="", flush=True))
+    print()
 
 
 def print_table(metrics: dict) -> None:

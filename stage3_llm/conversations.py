@@ -1,0 +1,174 @@
+"""LLaVA-format conversation data: reading, validation, and a torch Dataset + collate for training.
+
+A file is a JSON list or JSONL of records
+`{"id"?: ..., "image"?: "x.png", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt",
+"value": "..."}, ...]}`. Turns alternate human/gpt starting with human; a record with an image has exactly one
+`<image>` marker in its human turns, one without has none. Image references resolve, in this order, to a sample
+key of the given webdataset shards (`image_shards`), a file under `image_folder`, or a file relative to the JSON
+file. Every problem is one line naming the file and the record index.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from mmtool.chat_format import IGNORE_INDEX, encode_conversation
+from mmtool.data.images import BadSample, load_image
+from mmtool.errors import MmtoolError
+
+IMAGE_MARKER = "<image>"
+ROLE_OF = {"human": "user", "gpt": "assistant"}
+
+
+@dataclass
+class Conversation:
+    where: str  # "file.json#index" for messages
+    turns: list[dict]  # [{"role": "user"|"assistant", "content": str}]
+    image: str | None  # the reference as written in the file
+    extra: dict  # the record's other fields (id, task, ...)
+
+
+@dataclass
+class ImageSource:
+    """Where image references point: shard samples by key, a folder, or the JSON file's folder."""
+    base: Path
+    folder: Path | None = None
+    shard_images: dict[str, bytes] | None = None
+
+    def exists(self, reference: str) -> bool:
+        if self.shard_images is not None:
+            return reference in self.shard_images
+        return self.path(reference).is_file()
+
+    def read(self, reference: str) -> bytes:
+        if self.shard_images is not None:
+            return self.shard_images[reference]
+        return self.path(reference).read_bytes()
+
+    def path(self, reference: str) -> Path:
+        return (self.folder or self.base) / reference
+
+
+def read_conversations(path: str | Path, image_folder: str | Path | None = None,
+                       image_shards: str | None = None) -> tuple[list[Conversation], ImageSource]:
+    """Validated conversations of a LLaVA JSON / JSONL file and where their images are."""
+    path = Path(path)
+    if not path.is_file():
+        raise MmtoolError(f"conversation file {path} does not exist")
+    records = _read_records(path)
+    source = ImageSource(path.parent, Path(image_folder) if image_folder else None,
+                         shard_images_by_key(image_shards) if image_shards else None)
+    if source.folder is not None and not source.folder.is_dir():
+        raise MmtoolError(f"image folder {source.folder} does not exist")
+    conversations = [_parse_record(record, f"{path}#{index}", source) for index, record in enumerate(records)]
+    if not conversations:
+        raise MmtoolError(f"{path}: no conversations")
+    return conversations, source
+
+
+def shard_images_by_key(spec: str) -> dict[str, bytes]:
+    """{sample key: encoded image} of every sample in the shards (kept in memory: meant for small sets)."""
+    from collections import Counter
+
+    from mmtool.data.loader import resolve_shards
+    from mmtool.data.sample_stream import parsed_samples
+
+    skipped = Counter()
+    images = {sample.key: sample.image for sample in parsed_samples(resolve_shards(spec), skipped)}
+    if skipped:
+        raise MmtoolError(f"image shards {spec}: unreadable samples {dict(skipped)}")
+    return images
+
+
+def _read_records(path: Path) -> list:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MmtoolError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(records, list):
+        raise MmtoolError(f"{path}: expected a JSON list of conversation records")
+    return records
+
+
+def _parse_record(record, where: str, source: ImageSource) -> Conversation:
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        raise MmtoolError(f"{where}: a record needs a 'conversations' list")
+    turns = []
+    for index, turn in enumerate(record["conversations"]):
+        if not isinstance(turn, dict) or turn.get("from") not in ROLE_OF or not isinstance(turn.get("value"), str):
+            raise MmtoolError(f"{where}: turn {index} must be {{'from': 'human'|'gpt', 'value': str}}")
+        expected = "human" if index % 2 == 0 else "gpt"
+        if turn["from"] != expected:
+            raise MmtoolError(f"{where}: turn {index} is from {turn['from']!r}, expected {expected!r} "
+                              "(turns alternate human/gpt starting with human)")
+        turns.append({"role": ROLE_OF[turn["from"]], "content": turn["value"]})
+    if not turns or turns[-1]["role"] != "assistant":
+        raise MmtoolError(f"{where}: the conversation must end with a gpt turn")
+    image = record.get("image")
+    markers = sum(turn["content"].count(IMAGE_MARKER) for turn in turns)
+    expected_markers = 0 if image is None else 1
+    if markers != expected_markers:
+        has = f"has image {image!r}" if image is not None else "has no image"
+        raise MmtoolError(f"{where}: {markers} {IMAGE_MARKER} markers but the record {has} "
+                          f"(expected {expected_markers})")
+    if any(IMAGE_MARKER in turn["content"] for turn in turns if turn["role"] == "assistant"):
+        raise MmtoolError(f"{where}: {IMAGE_MARKER} in a gpt turn")
+    if image is not None:
+        if not isinstance(image, str):
+            raise MmtoolError(f"{where}: 'image' must be a string, got {image!r}")
+        if not source.exists(image):
+            place = "the image shards" if source.shard_images is not None else source.path(image)
+            raise MmtoolError(f"{where}: image {image!r} not found ({place})")
+    extra = {key: value for key, value in record.items() if key not in ("conversations", "image")}
+    return Conversation(where, turns, image, extra)
+
+
+class ConversationDataset(torch.utils.data.Dataset):
+    """Encoded conversations (all encoded up front, so a bad sample fails before training starts)."""
+
+    def __init__(self, conversations: list[Conversation], source: ImageSource, tokenizer, image_token: str,
+                 num_image_tokens: int, image_transform: Callable[[Image.Image], torch.Tensor],
+                 max_length: int | None = None):
+        self.conversations = conversations
+        self.source = source
+        self.image_transform = image_transform
+        self.encoded = [encode_conversation(tokenizer, c.turns, image_token, num_image_tokens,
+                                            max_length=max_length, sample=c.where) for c in conversations]
+
+    def __len__(self) -> int:
+        return len(self.conversations)
+
+    def __getitem__(self, index: int) -> dict:
+        conversation = self.conversations[index]
+        ids, labels = self.encoded[index]
+        pixels = None
+        if conversation.image is not None:
+            try:
+                pixels = self.image_transform(load_image(self.source.read(conversation.image)))  # [3, S, S]
+            except BadSample as err:
+                raise MmtoolError(f"{conversation.where}: image {conversation.image!r}: {err}") from None
+        return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+
+
+def collate_conversations(items: list[dict], pad_id: int) -> dict:
+    """Right-padded batch; pixel_values stacks the images of the samples that have one, in order (the
+    Hugging Face LLaVA convention: image i fills the i-th run of image tokens)."""
+    length = max(len(item["input_ids"]) for item in items)
+    input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)  # [B, T]
+    labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(items), length), dtype=torch.long)  # [B, T]
+    for row, item in enumerate(items):
+        size = len(item["input_ids"])
+        input_ids[row, :size] = torch.tensor(item["input_ids"])
+        labels[row, :size] = torch.tensor(item["labels"])
+        attention_mask[row, :size] = 1
+    images = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
+    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+    batch["pixel_values"] = torch.stack(images) if images else None  # [N_images, 3, S, S]
+    return batch
