@@ -64,6 +64,10 @@ class LossConfig:
     # Compute the loss tile by tile (never the N x N matrix; SigLIP passes text blocks around the ranks) once the
     # global batch is large; empty = the dense loss.
     tile_size: int | None = None
+    # Hard negatives: for each image, this many nearest non-matching training captions (under the current model,
+    # refreshed every data.hard_negative_refresh steps) join its image->text softmax; clip loss only, without
+    # tile_size or accum_steps > 1 (stage1_clip/hard_negatives.py).
+    mined_negatives: int = 0
 
 
 @dataclass
@@ -80,6 +84,13 @@ class DataConfig:
     # templates and keyword dropout), all off by default: see mmtool/data/augment.py.
     augment: StyleAugment = field(default_factory=StyleAugment)
     label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
+    # Hard negatives (stage1_clip/hard_negatives.py): random (streamed) | same_label (each batch from one
+    # batch_label group) | knn (clusters of the current model's embeddings, rebuilt every hard_negative_refresh
+    # steps). same_label, knn and loss.mined_negatives hold the training set in memory, up to max_indexed_samples.
+    batch_composition: str = "random"
+    batch_label: str = "subgroup"
+    hard_negative_refresh: int = 50
+    max_indexed_samples: int = 200_000
 
 
 @dataclass

@@ -49,10 +49,18 @@ class CLIP(nn.Module):
         """exp(logit_scale), clamped at exp(max): the clamp sits in the graph so it also holds under ZeRO-3."""
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()  # (1,)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
-        return {
-            "image_features": self.encode_image(images),
-            "text_features": self.encode_text(input_ids, attention_mask),
-            "logit_scale": self.temperature_scale(),
-            "logit_bias": self.logit_bias,
-        }
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                negative_ids: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> dict:
+        """negative_ids / negative_mask [B, K, T]: extra captions per image (mined hard negatives), encoded in
+        the same text pass and returned as negative_text_features [B, K, D]."""
+        outputs = {"image_features": self.encode_image(images), "logit_scale": self.temperature_scale(),
+                   "logit_bias": self.logit_bias}
+        if negative_ids is None:
+            outputs["text_features"] = self.encode_text(input_ids, attention_mask)  # [B, D]
+            return outputs
+        batch, k = negative_ids.shape[:2]
+        texts = self.encode_text(torch.cat([input_ids, negative_ids.flatten(0, 1)]),
+                                 torch.cat([attention_mask, negative_mask.flatten(0, 1)]))  # [B + B*K, D]
+        outputs["text_features"] = texts[:batch]  # [B, D]
+        outputs["negative_text_features"] = texts[batch:].view(batch, k, -1)  # [B, K, D]
+        return outputs

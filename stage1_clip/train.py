@@ -17,6 +17,7 @@ from stage1_clip.bundle import save_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
 from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
+from stage1_clip.hard_negatives import HardNegatives
 from stage1_clip.loss import build_loss
 from stage1_clip.tiled_loss import build_tiled_loss
 from stage1_clip.model import CLIP
@@ -59,9 +60,13 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
         grad_clip=cfg.train.grad_clip, warmup_steps=cfg.train.warmup_steps, total_steps=total_steps,
         min_lr_ratio=cfg.train.min_lr_ratio, rules=cfg.train.param_groups))
 
+    mining = HardNegatives.from_config(cfg, train_urls, tokenizer, steps_per_epoch * accum)
     progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     if resume:
-        progress.update(engine.load_state(out / STATE_DIR)["progress"])
+        client_state = engine.load_state(out / STATE_DIR)
+        progress.update(client_state["progress"])
+        if mining:
+            mining.load_state(client_state.get("hard_negatives"))
     if distributed.is_main():
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     log = RunLog(out, total_steps, progress["step"], enabled=distributed.is_main())
@@ -71,7 +76,7 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     def checkpoint() -> None:
         nonlocal saved_at
         if saved_at != progress["step"]:
-            save_state(engine, out, progress, cfg.train.keep_states)
+            save_state(engine, out, progress, cfg.train.keep_states, mining.state() if mining else None)
             saved_at = progress["step"]
 
     def run_eval() -> dict:
@@ -89,9 +94,22 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
                             style=cfg.data.augment)
     metrics, evaluated_at, saved_at, shown = {}, None, None, {}
     skipped_total, window_start, window_samples = 0, time.perf_counter(), 0
+
+    def refresh_hard_negatives() -> bool:
+        """Re-mines when due; True when the rest of the epoch's batches changed (the loader must restart)."""
+        if not (mining and mining.refresh_due(progress["step"])):
+            return False
+        started = time.perf_counter()
+        changed = mining.refresh(engine.module, progress["step"], progress["epoch"],
+                                 progress["batch_in_epoch"] * accum)
+        log.message(f"hard negatives refreshed at step {progress['step']} in {time.perf_counter() - started:.1f} s")
+        return changed
+
     engine.train()
+    refresh_hard_negatives()
     while progress["step"] < total_steps:
-        loader = make_train_loader(
+        loader = mining.loader(progress["epoch"], progress["batch_in_epoch"] * accum, augment) if mining else None
+        loader = loader if loader is not None else make_train_loader(
             train_urls, batch_size=cfg.data.batch_size, image_size=cfg.model.vision.image_size,
             epoch=progress["epoch"], seed=cfg.train.seed, rank=rank, world_size=world, workers=cfg.data.workers,
             batches_per_epoch=steps_per_epoch * accum, skip_batches=progress["batch_in_epoch"] * accum,
@@ -99,8 +117,9 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
         pending = []
         for batch in loader:
             input_ids, attention_mask = tokenizer(batch["caption"], cfg.model.text.context_length)
-            pending.append((batch["image"].to(engine.device, engine.param_dtype),
-                            input_ids.to(engine.device), attention_mask.to(engine.device)))
+            negatives = mining.negative_tokens(batch["key"], progress["step"]) if mining else None
+            pending.append((batch["image"].to(engine.device, engine.param_dtype), input_ids.to(engine.device),
+                            attention_mask.to(engine.device), *(t.to(engine.device) for t in negatives or ())))
             skipped_total += sum(batch.get("skipped", {}).values())
             window_samples += len(batch["caption"]) * world
             if len(pending) < accum:
@@ -109,6 +128,7 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
             pending = []
             progress["step"] += 1
             progress["batch_in_epoch"] += 1
+            restart_loader = refresh_hard_negatives()
 
             if progress["step"] % cfg.train.log_every == 0 or progress["step"] == total_steps:
                 elapsed = time.perf_counter() - window_start
@@ -124,7 +144,7 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
                 checkpoint()
             if cfg.train.eval_every and progress["step"] % cfg.train.eval_every == 0:
                 metrics = run_eval()
-            if progress["step"] >= total_steps:
+            if progress["step"] >= total_steps or restart_loader:
                 break
         else:
             progress["epoch"] += 1
@@ -154,17 +174,19 @@ def train_step(engine: TrainEngine, loss_fn, micro_batches: list[tuple]) -> tupl
         loss, logit_scale = cached_step(engine, loss_fn, micro_batches)
     else:
         outputs = engine(*micro_batches[0])
-        loss = loss_fn(*(outputs[name] for name in LOSS_INPUTS))
+        negatives = {k: v for k, v in outputs.items() if k == "negative_text_features"}  # mined captions
+        loss = loss_fn(*(outputs[name] for name in LOSS_INPUTS), **negatives)
         engine.backward(loss)
         engine.step()
         logit_scale = outputs["logit_scale"]
     return loss, 1.0 / logit_scale.item()
 
 
-def save_state(engine: TrainEngine, out: Path, progress: dict, keep: int) -> None:
+def save_state(engine: TrainEngine, out: Path, progress: dict, keep: int, hard_negatives: dict | None) -> None:
     """Writes a resumable state tagged by step, then drops all but the newest `keep` tags."""
     state_dir = out / STATE_DIR
-    engine.save_state(state_dir, f"step{progress['step']}", {"progress": dict(progress)})
+    engine.save_state(state_dir, f"step{progress['step']}",
+                      {"progress": dict(progress), "hard_negatives": hard_negatives})
     distributed.barrier()
     if distributed.is_main():
         tags = sorted((p for p in state_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
