@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmtool.errors import MmtoolError
+from mmtool.retrieval_cli import add_retrieval_commands
 
 app = typer.Typer(help="mmtool: image-caption shards -> CLIP -> LLaVA-style multimodal LLM.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -15,6 +16,7 @@ data_app = typer.Typer(help="Build webdataset shards from real data.", no_args_i
 tokenizer_app = typer.Typer(help="Train and inspect sentencepiece tokenizers.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tokenizer_app, name="tokenizer")
+add_retrieval_commands(app)
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.lr=1e-4")]
 

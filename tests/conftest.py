@@ -15,3 +15,11 @@ def emoji_shards(tmp_path_factory):
     out = tmp_path_factory.mktemp("emoji")
     build_emoji(out, limit=700, shard_size=200)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_checkpoint(emoji_shards, tmp_path_factory):
+    """A tiny untrained ViT CLIP (tokenizer trained on emoji_shards' captions) as clip.pt + clip.safetensors."""
+    from tests.tiny_clip import write_tiny_clip
+
+    return write_tiny_clip(emoji_shards, tmp_path_factory.mktemp("tiny_clip") / "clip.pt")

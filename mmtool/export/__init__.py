@@ -1,0 +1,1 @@
+"""Exporting trained towers to formats other tools read: Hugging Face folders, ONNX, safetensors."""
