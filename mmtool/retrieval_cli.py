@@ -10,7 +10,8 @@ OutOption = Annotated[Path, typer.Option(help="Export folder (created; must not 
 
 def export_vision(checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip.safetensors")],
                   out: OutOption, fmt: FormatOption = "hf"):
-    """Export the image encoder (tower + projection): hf = CLIPVisionModelWithProjection + image processor."""
+    """Export the image encoder (tower + projection): hf = CLIPVisionModelWithProjection + image processor (ViT
+    towers); onnx = vision.onnx (dynamic batch); safetensors = weights + config.json (any tower)."""
     from mmtool.export.run import export
 
     export(checkpoint, "vision", fmt, out)
@@ -19,7 +20,8 @@ def export_vision(checkpoint: Annotated[Path, typer.Argument(help="clip.pt or cl
 
 def export_clip(checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip.safetensors")],
                 out: OutOption, fmt: FormatOption = "hf"):
-    """Export both encoders: hf = CLIPModel + tokenizer (same ids as mmtool's) + image processor."""
+    """Export both encoders: hf = CLIPModel + tokenizer (same ids as mmtool's) + image processor; onnx =
+    vision.onnx + text.onnx + tokenizer; safetensors = weights + config.json + tokenizer (any towers)."""
     from mmtool.export.run import export
 
     export(checkpoint, "clip", fmt, out)

@@ -30,19 +30,28 @@ def tokenizer_extras(tokenizer) -> dict:
     return {"tokenizer.json": tokenizer.serialize()}
 
 
-def save_clip(path: Path, config: ClipConfig, state_dict: dict, tokenizer, model: CLIP) -> None:
+def clip_extras(config: ClipConfig, tokenizer, model: CLIP) -> dict:
+    """The non-tensor files a checkpoint carries: the tokenizer and any HF tower's architecture."""
     extras = tokenizer_extras(tokenizer)
     if config.model.text.type == "hf":
         extras["hf_text_config.json"] = json.dumps(model.text.config_dict())
     if config.model.vision.type == "hf":
         extras["hf_vision_config.json"] = json.dumps(model.vision.config_dict())
-    save_model(path, KIND, to_dict(config), state_dict, extras)
+    return extras
+
+
+def save_clip(path: Path, config: ClipConfig, state_dict: dict, tokenizer, model: CLIP) -> None:
+    save_model(path, KIND, to_dict(config), state_dict, clip_extras(config, tokenizer, model))
 
 
 def load_clip(path: str | Path) -> ClipBundle:
     payload = load_model(path, KIND)
-    config = from_dict(ClipConfig, payload["config"], where=f"{path}:config")
-    extras = payload["extras"]
+    return clip_from_parts(payload["config"], payload["extras"], payload["state_dict"], where=str(path))
+
+
+def clip_from_parts(config_dict: dict, extras: dict, state_dict: dict, where: str) -> ClipBundle:
+    """A bundle from a checkpoint's three parts (also how safetensors export folders are read back)."""
+    config = from_dict(ClipConfig, config_dict, where=f"{where}:config")
     if "tokenizer.model" in extras:
         tokenizer = SentencePieceTokenizer(extras["tokenizer.model"])
         vocab_size, hf_config = tokenizer.vocab_size, None
@@ -55,5 +64,5 @@ def load_clip(path: str | Path) -> ClipBundle:
     model_cfg = replace(config.model, vision=replace(config.model.vision, pretrained=False))
     hf_vision_config = json.loads(extras["hf_vision_config.json"]) if "hf_vision_config.json" in extras else None
     model = CLIP(model_cfg, config.loss, vocab_size, hf_config, hf_vision_config)
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(state_dict)
     return ClipBundle(config, model.eval(), tokenizer)

@@ -1,5 +1,6 @@
 """`--format hf`: transformers' CLIP models give mmtool's embeddings (fp32, 1e-5) on real emoji and captions."""
 import io
+from collections import Counter
 import json
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def test_clip_model_matches_mmtool_images_captions_and_logits(tiny_clip_checkpoi
 def test_tokenizer_reproduces_sentencepiece_ids_on_every_caption(emoji_shards, tiny_clip_checkpoint, hf_clip_dir):
     bundle = load_clip(tiny_clip_checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(hf_clip_dir)
-    captions = [c for s in parsed_samples(resolve_shards(str(emoji_shards / "*.tar")), {}) for c in s.captions]
+    captions = [c for s in parsed_samples(resolve_shards(str(emoji_shards / "*.tar")), Counter()) for c in s.captions]
     ids, _ = bundle.tokenize(captions)
     hf_ids = tokenizer(captions, padding="max_length", truncation=True, max_length=ids.shape[1],
                        return_tensors="pt")["input_ids"]
@@ -94,7 +95,7 @@ def test_image_processor_reproduces_eval_pixels(emoji_shards, hf_clip_dir):
     """Raw PNG bytes through the saved processor vs mmtool's decode + eval transform (transparency on white,
     128 px -> 32 px bicubic). The processor works on uint8 PIL images like mmtool, up to float rounding."""
     processor = AutoImageProcessor.from_pretrained(hf_clip_dir)
-    raws = [s.image for _, s in zip(range(40), parsed_samples(resolve_shards(str(emoji_shards / "val-*.tar")), {}))]
+    raws = [s.image for _, s in zip(range(40), parsed_samples(resolve_shards(str(emoji_shards / "val-*.tar")), Counter()))]
     expected = torch.stack([eval_transform(load_image(raw), 32) for raw in raws])  # [B, 3, 32, 32]
     got = processor(images=[Image.open(io.BytesIO(raw)) for raw in raws], return_tensors="pt")["pixel_values"]
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5, rtol=0)

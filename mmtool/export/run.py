@@ -6,11 +6,13 @@ from stage1_clip.bundle import load_clip
 
 
 def _exporters(what: str) -> dict:
-    from mmtool.export import hf_folder
+    from mmtool.export import hf_folder, onnx, safetensors_folder
 
     if what == "vision":
-        return {"hf": hf_folder.export_vision_hf}
-    return {"hf": hf_folder.export_clip_hf}
+        return {"hf": hf_folder.export_vision_hf, "onnx": onnx.export_vision_onnx,
+                "safetensors": safetensors_folder.export_vision_safetensors}
+    return {"hf": hf_folder.export_clip_hf, "onnx": onnx.export_clip_onnx,
+            "safetensors": safetensors_folder.export_clip_safetensors}
 
 
 def export(checkpoint: Path, what: str, fmt: str, out: Path) -> None:
