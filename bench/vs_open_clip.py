@@ -92,19 +92,26 @@ def write_open_clip_folder(cfg, tokenizer_path: Path, oc_dir: Path) -> int:
                                                        special_tokens=[(bos, BOS_ID), (eos, EOS_ID)])
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=sp.id_to_piece(UNK_ID),
                             pad_token=sp.id_to_piece(PAD_ID)).save_pretrained(oc_dir)
+    model_cfg = open_clip_model_cfg(cfg, vocab)
+    model_cfg["text_cfg"].update(hf_tokenizer_name="local", tokenizer_kwargs={"clean": "whitespace"})
+    (oc_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}, indent=2))
+    return vocab
+
+
+def open_clip_model_cfg(cfg, vocab: int) -> dict:
+    """open_clip's model config (CLIP(**cfg) keyword arguments) for the same ViT CLIP as mmtool's `cfg`."""
+    from mmtool.tokenizer import EOS_ID, PAD_ID
+
     vision, text = cfg.model.vision, cfg.model.text
-    model_cfg = {
+    return {
         "embed_dim": cfg.model.embed_dim,
         "vision_cfg": {"image_size": vision.image_size, "patch_size": vision.patch_size, "width": vision.width,
                        "layers": vision.layers, "head_width": vision.width // vision.heads,
                        "mlp_ratio": vision.mlp_ratio},
         "text_cfg": {"context_length": text.context_length, "vocab_size": vocab, "width": text.width,
                      "layers": text.layers, "heads": text.heads, "mlp_ratio": text.mlp_ratio,
-                     "pad_id": PAD_ID, "eos_id": EOS_ID, "pool_type": "eos", "hf_tokenizer_name": "local",
-                     "tokenizer_kwargs": {"clean": "whitespace"}},
+                     "pad_id": PAD_ID, "eos_id": EOS_ID, "pool_type": "eos"},
     }
-    (oc_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}, indent=2))
-    return vocab
 
 
 def check_tokenizers_agree(tokenizer_path: Path, oc_dir: Path, urls: list[str], context_length: int) -> None:
@@ -284,10 +291,10 @@ def open_clip_windows(log_text: str, batch: int) -> list[tuple[int, int, float]]
 
 
 def train_both(prep: dict, work: Path, args) -> list[dict]:
-    rows = {"mmtool": [], "open_clip": []}
+    rows = {tool: [] for tool in args.tools}
     total = args.warmup + args.steps
     for round_index in range(args.rounds):
-        for tool in ("mmtool", "open_clip"):
+        for tool in args.tools:
             out = work / f"{tool}_run{round_index}_{int(time.time())}"
             log_path = Path(f"{out}.log")
             if tool == "mmtool":
@@ -326,6 +333,7 @@ def main() -> None:
     parser.add_argument("--pipeline-batches", type=int, default=6)
     parser.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "train"])
     parser.add_argument("--mmtool-set", nargs="*", default=[], help="extra --set for mmtool's runs (lever trials)")
+    parser.add_argument("--tools", nargs="+", default=["mmtool", "open_clip"], choices=["mmtool", "open_clip"])
     parser.add_argument("--work", default="runs/vs_open_clip")
     parser.add_argument("--smoke", action="store_true", help="toy model, 10 steps, 1 round: checks every path")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -355,16 +363,19 @@ def main() -> None:
                                  "context_length": prep["cfg"].model.text.context_length})
         if "pipeline" not in args.skip:
             for tool, python in (("mmtool", MMTOOL_PY), ("open_clip", OPEN_CLIP_PY)):
+                if tool not in args.tools:
+                    continue
                 result = run_child(python, ["--child", f"pipeline-{tool}", "--prep", child_prep,
                                             "--pipeline-batches", str(args.pipeline_batches)])
                 pipeline_rows.append({"model": model_key, "tool": tool, "image_px": prep["cfg"].model.vision.image_size,
                                       "batch": prep["batch"], **result})
         if "train" not in args.skip:
             rows = train_both(prep, work, args)
-            ratio = rows[0]["samples_per_s"] / rows[1]["samples_per_s"]
+            rates = {row["tool"]: row["samples_per_s"] for row in rows}
+            ratio = f"{rates['mmtool'] / rates['open_clip']:.2f}" if len(rates) == 2 else ""
             for row in rows:
                 train_rows.append({"model": model_key, "params": f"{prep['params']:,}", "batch": prep["batch"],
-                                   **row, "mmtool/open_clip": f"{ratio:.2f}" if row["tool"] == "mmtool" else ""})
+                                   **row, "mmtool/open_clip": ratio if row["tool"] == "mmtool" else ""})
     print(f"\nthreads {args.threads}, workers {args.workers}, bf16 autocast, {args.warmup} warm-up + {args.steps} "
           f"measured steps, {args.rounds} alternating round(s)" + (f", mmtool --set {args.mmtool_set}"
                                                                      if args.mmtool_set else ""))
