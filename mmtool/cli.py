@@ -176,6 +176,64 @@ def chat(
     print()
 
 
+@app.command("align")
+def align(
+    vision: Annotated[Optional[Path], typer.Option(help="Stage-1 checkpoint (clip.pt) whose image tower is used")]
+    = None,
+    llm: Annotated[Optional[str], typer.Option(help="LLM: HF folder, .gguf file, alias (llama) or hub id")] = None,
+    config: Annotated[Path, typer.Option(help="YAML under configs/align/")] = Path("configs/align/emoji.yaml"),
+    overrides: SetOption = None,
+    out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, metrics, training states")] = Path("ckpt/align"),
+    resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
+):
+    """Stage 2: train a projector from a frozen stage-1 image tower into a frozen LLM; write OUT/vlm.pt."""
+    from mmtool import distributed
+    from mmtool.config import load_config
+    from stage2_projector.config import AlignConfig
+    from stage2_projector.train import align as run
+
+    sets = list(overrides or [])
+    sets += [f"model.vision={vision}"] if vision else []
+    sets += [f"model.llm={llm}"] if llm else []
+    run(load_config(AlignConfig, config, sets), out, resume=resume)
+    distributed.exit_cleanly()
+
+
+@app.command("chat")
+def chat(
+    question: Annotated[str, typer.Argument(help="What to ask about the image")],
+    model: Annotated[Path, typer.Option(help="A vlm.pt checkpoint or the run folder holding it")],
+    image: Annotated[Path, typer.Option(help="Image file (PNG, JPEG, ...)")],
+    llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
+):
+    """Answer a question about an image, streaming the answer."""
+    from stage2_projector.bundle import load_vlm
+    from stage3_llm.generate import generate
+
+    if not image.is_file():
+        raise MmtoolError(f"--image {image}: file not found")
+    bundle = load_vlm(model, llm)
+    generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
+             bundle.num_image_tokens, max_new_tokens, temperature,
+             on_text=lambda text: print(text, end="", flush=True))
+    print()
+
+
+@app.command("export-llava")
+def export_llava(
+    model: Annotated[Path, typer.Option(help="A vlm.pt checkpoint or the run folder holding it")],
+    out: Annotated[Path, typer.Option(help="Folder for the Hugging Face LLaVA model")],
+    llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
+):
+    """Write a LlavaForConditionalGeneration folder (weights, tokenizer, processor, chat template) for transformers."""
+    from mmtool.export.llava import export_llava as run
+    from stage2_projector.bundle import load_vlm
+
+    print(f"wrote {run(load_vlm(model, llm), out)}")
+
+
 def print_table(metrics: dict) -> None:
     width = max(len(k) for k in metrics)
     for key, value in metrics.items():

@@ -1,1 +1,1 @@
-"""Stage 2: align a frozen image tower to an LLM through a projector (not yet implemented)."""
+"""Stage 2: align a frozen image tower to a frozen LLM by training a projector on caption pairs."""

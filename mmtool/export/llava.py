@@ -1,0 +1,73 @@
+"""An aligned (or instruction-tuned, LoRA merged) mmtool model as a Hugging Face LlavaForConditionalGeneration
+folder: weights, config, tokenizer, image processor and chat template, loadable by plain transformers.
+
+The layouts agree by construction: image tokens are `<image>` placeholders (one per patch feature), LLaVA's
+"default" feature selection drops the CLS token as mmtool does, `vision_feature_layer` indexes the same list of
+hidden states, and mlp2x_gelu is LLaVA's two-layer projector. Only ViT towers have a transformers counterpart.
+"""
+from pathlib import Path
+
+import torch
+from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from mmtool.errors import MmtoolError
+from mmtool.export.hf_clip import image_processor, vision_tower_to_hf
+from stage1_clip.config import ClipConfig
+from mmtool.config import from_dict
+
+
+def llava_state_dict(bundle) -> dict[str, torch.Tensor]:
+    """mmtool names -> LlavaForConditionalGeneration names (vision tower, projector, language model, lm head)."""
+    vision_cfg = from_dict(ClipConfig, bundle.record["clip_config"], where="clip_config").model.vision
+    _, vision_state = vision_tower_to_hf(bundle.model.vision.tower, vision_cfg)
+    projector = bundle.model.projector
+    llm = bundle.model.llm
+    state = {f"model.vision_tower.{name}": tensor for name, tensor in vision_state.items()}
+    state.update({"model.multi_modal_projector.linear_1.weight": projector[0].weight,
+                  "model.multi_modal_projector.linear_1.bias": projector[0].bias,
+                  "model.multi_modal_projector.linear_2.weight": projector[2].weight,
+                  "model.multi_modal_projector.linear_2.bias": projector[2].bias})
+    state.update({f"model.language_model.{name}": tensor for name, tensor in llm.model.state_dict().items()})
+    state["lm_head.weight"] = llm.lm_head.weight
+    return {name: tensor.detach().float().contiguous() for name, tensor in state.items()}
+
+
+def export_llava(bundle, out: Path) -> Path:
+    """Writes `out` (a Hugging Face folder); returns it."""
+    record = bundle.record
+    if record["vision"]["type"] != "vit":
+        raise MmtoolError(f"export-llava: the {record['vision']['type']!r} image tower has no transformers "
+                          "LLaVA counterpart (only ViT towers export; CNN towers stay in mmtool's format)")
+    if record["projector"]["type"] != "mlp2x_gelu":
+        raise MmtoolError(f"export-llava: projector {record['projector']['type']!r} does not fit LLaVA's "
+                          "two-layer projector (train with model.projector=mlp2x_gelu)")
+    clip_config = from_dict(ClipConfig, record["clip_config"], where="clip_config")
+    vision_cfg = clip_config.model.vision
+    vision_config, _ = vision_tower_to_hf(bundle.model.vision.tower, vision_cfg)
+    text_config = bundle.model.llm.config
+    config = LlavaConfig(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
+                         image_token_id=record["llm"]["image_token_id"],
+                         image_seq_length=record["vision"]["num_image_tokens"],
+                         vision_feature_layer=record["vision"]["feature_layer"],
+                         vision_feature_select_strategy="default", projector_hidden_act="gelu",
+                         multimodal_projector_bias=True, tie_word_embeddings=text_config.tie_word_embeddings)
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    state = llava_state_dict(bundle)
+    if text_config.tie_word_embeddings:
+        state.pop("lm_head.weight")
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [name for name in missing if not (text_config.tie_word_embeddings and name == "lm_head.weight")]
+    if missing or unexpected:
+        raise MmtoolError(f"export-llava: weight names do not line up (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    model.tie_weights()
+    model.generation_config = bundle.model.llm.generation_config
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor = LlavaProcessor(image_processor=image_processor(vision_cfg.image_size), tokenizer=bundle.tokenizer,
+                               patch_size=vision_cfg.patch_size, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, image_token=record["llm"]["image_token"],
+                               chat_template=bundle.tokenizer.chat_template)
+    processor.save_pretrained(out)
+    return out

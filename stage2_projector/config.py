@@ -1,0 +1,63 @@
+"""Stage-2 config: every knob of an align run, loaded from configs/align/*.yaml."""
+from dataclasses import dataclass, field
+
+from mmtool.optim import ParamGroupRule
+
+
+@dataclass
+class ModelConfig:
+    vision: str | None = None  # a stage-1 clip.pt (or --vision on the command line)
+    llm: str = "llama"  # local HF folder, GGUF file, alias in configs/llm/registry.yaml, or hub id
+    # Which image-tower hidden state feeds the projector: Python indexing into [embeddings, block 1, ..., block L]
+    # (ViT) or [stem, block 0, ..., block 15, head] (EfficientNet-Lite0). -2 = second to last, as LLaVA.
+    feature_layer: int = -2
+    projector: str = "mlp2x_gelu"  # linear | mlpNx_gelu (N linear layers with GELU between)
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/emoji/train-*.tar"
+    val: str | None = "data/emoji/val-*.tar"
+    train_samples: int | None = None  # read from the shards' meta.json when empty
+    val_samples: int = 128  # the first N val samples give the val answer loss
+    batch_size: int = 16  # per rank
+    workers: int = 1
+    shuffle_buffer: int = 1000
+    resampled: bool = False
+    random_resized_crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    max_length: int = 256  # tokens per sample, image placeholders included
+    # The user turn is "<image>\n" + one of these (picked per sample, fixed by its key); the answer is the caption.
+    instructions: list[str] = field(default_factory=lambda: [
+        "Describe this image briefly.", "What is shown in this image?", "Give a short caption for this image.",
+        "What does this emoji show?"])
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
+    accum_steps: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    deepspeed: str = "configs/deepspeed/zero2_bf16.json"
+    # Only the projector learns: the image tower and the LLM are frozen by lr 0.
+    param_groups: list[ParamGroupRule] = field(default_factory=lambda: [
+        ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"^llm\.", lr=0.0)])
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 = at the end of each epoch only
+    save_every: int = 0  # steps; 0 = at the end of each epoch only
+    keep_states: int = 1  # DeepSpeed training states kept for --resume
+    threads: int | None = None  # torch intra-op threads on CPU
+
+
+@dataclass
+class AlignConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

@@ -1,0 +1,73 @@
+"""The vision-language model: frozen image tower -> projector -> LLM input embeddings at the image placeholders.
+
+Image tokens follow the Hugging Face LLaVA convention: the input ids hold one `<image>` placeholder per projected
+feature, and the features replace the placeholders' embeddings in order, so the model exports as-is to
+LlavaForConditionalGeneration.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtool.chat_format import IGNORE_INDEX
+from mmtool.errors import MmtoolError
+from stage2_projector.features import PatchFeatures
+
+
+class VisionLanguageModel(nn.Module):
+    def __init__(self, vision: PatchFeatures, projector: nn.Module, llm: nn.Module, image_token_id: int):
+        super().__init__()
+        self.vision = vision
+        self.projector = projector
+        self.llm = llm
+        self.image_token_id = image_token_id
+
+    def train(self, mode: bool = True) -> "VisionLanguageModel":
+        super().train(mode)
+        for part in (self.vision, self.projector, self.llm):
+            if not any(p.requires_grad for p in part.parameters()):
+                part.eval()  # frozen parts run as at inference: no dropout, BatchNorm statistics kept
+        return self
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, N, D_llm] image token embeddings."""
+        features = self.vision(images)  # [B, N, C]
+        return self.projector(features.to(self._projector_dtype()))  # [B, N, D_llm]
+
+    def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """LLM input embeddings [B, T, D_llm] with the i-th image's features written, in order, over its
+        placeholders; every sample must hold exactly N placeholders per image."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # [B, T, D]
+        is_image = input_ids == self.image_token_id  # [B, T]
+        if images is None:
+            if is_image.any():
+                raise MmtoolError("input ids hold image placeholders but no image was given")
+            return embeds
+        image_embeds = self.encode_images(images)  # [B_img, N, D]
+        expected = image_embeds.shape[0] * image_embeds.shape[1]
+        if int(is_image.sum()) != expected:
+            raise MmtoolError(f"{int(is_image.sum())} image placeholder tokens for {image_embeds.shape[0]} image(s) "
+                              f"of {image_embeds.shape[1]} tokens each")
+        return embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds.to(embeds.dtype))  # [B, T, D]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,
+                labels: torch.Tensor | None = None) -> dict:
+        """{"logits" [B, T, V]} and, given labels, {"loss_sum", "tokens", "loss"}: next-token cross-entropy over
+        the supervised (label != -100) positions, summed and averaged."""
+        embeds = self.embed(input_ids, images)  # [B, T, D]
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits  # [B, T, V]
+        out = {"logits": logits}
+        if labels is not None:
+            out.update(answer_loss(logits, labels))
+        return out
+
+    def _projector_dtype(self) -> torch.dtype:
+        return next(self.projector.parameters()).dtype
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Token t predicts label t+1; positions labelled -100 do not count."""
+    targets = labels[:, 1:]  # [B, T-1]
+    tokens = (targets != IGNORE_INDEX).sum()
+    loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+    return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}

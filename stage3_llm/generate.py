@@ -1,0 +1,44 @@
+"""Answering a question about an image: the prompt in the LLM's chat template, then greedy (or sampled)
+decoding with the KV cache of transformers' generate, text streamed as it is produced."""
+from typing import Callable
+
+import torch
+from transformers import TextStreamer
+
+from mmtool.chat_format import encode_prompt
+from mmtool.llm import IMAGE_TOKEN
+
+
+class CallbackStreamer(TextStreamer):
+    """transformers' word-boundary-safe text streaming, handing each finished piece to `on_text`."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.on_text(text)
+
+
+def prompt_ids(tokenizer, question: str, num_image_tokens: int) -> list[int]:
+    """One user turn holding the image (first, as in training unless the question places `<image>` itself)."""
+    content = question if IMAGE_TOKEN in question else f"{IMAGE_TOKEN}\n{question}"
+    return encode_prompt(tokenizer, [{"role": "user", "content": content}], IMAGE_TOKEN, num_image_tokens)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, image: torch.Tensor, question: str, num_image_tokens: int, max_new_tokens: int = 64,
+             temperature: float = 0.0, on_text: Callable[[str], None] | None = None) -> list[int]:
+    """The answer's token ids (end-of-turn token included when reached); `image` is [3, S, S] preprocessed.
+    temperature 0 = greedy decoding."""
+    model.eval()
+    input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens)])  # [1, T]
+    embeds = model.embed(input_ids, image[None].to(next(model.vision.parameters()).dtype))  # [1, T, D]
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {
+        "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    output = model.llm.generate(
+        inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        streamer=CallbackStreamer(tokenizer, on_text) if on_text else None, **sampling)
+    return output[0].tolist()  # from inputs_embeds alone, generate returns only the new tokens

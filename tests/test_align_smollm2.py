@@ -1,0 +1,42 @@
+"""Stage 2 with the real bundled LLM: the projector learns (val answer loss falls) and the model answers."""
+import json
+
+import torch
+
+from stage2_projector.bundle import build_vlm, load_vlm
+from stage2_projector.config import AlignConfig, DataConfig, ModelConfig, TrainConfig
+from stage2_projector.data import encode_caption_batch
+from stage2_projector.train import align, evaluate_answer_loss, make_val_set
+from stage3_llm.generate import generate
+from tests.tiny_vlm import save_tiny_clip
+
+
+def test_projector_learns_on_smollm2_and_the_aligned_model_answers(smollm2, emoji_shards, tmp_path):
+    clip_path = save_tiny_clip(tmp_path / "clip.pt")
+    cfg = AlignConfig(
+        model=ModelConfig(vision=str(clip_path), llm="llama"),
+        data=DataConfig(train=f"{emoji_shards}/train-*.tar", val=f"{emoji_shards}/val-*.tar", val_samples=8,
+                        batch_size=4, workers=0),
+        train=TrainConfig(max_steps=12, lr=2e-3, warmup_steps=2, log_every=4,
+                          deepspeed="configs/deepspeed/zero0_bf16.json"))
+    bundle = build_vlm(cfg, clip_path, llm=smollm2)
+    val_set = make_val_set(cfg, bundle.record["vision"]["image_size"])
+    n = bundle.num_image_tokens
+    encode = lambda captions, keys: encode_caption_batch(smollm2.tokenizer, captions, keys, cfg.data.instructions, n,
+                                                         cfg.data.max_length)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        before = evaluate_answer_loss(bundle.model.eval(), val_set, encode, 4, torch.float32)
+
+    after = align(cfg, tmp_path / "run", bundle=bundle)
+    assert after["answer_tokens"] == before["answer_tokens"] > 0
+    assert after["answer_loss"] < 0.92 * before["answer_loss"], (before, after)
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [4, 8, 12]
+
+    aligned = load_vlm(tmp_path / "run", smollm2)
+    streamed = []
+    image = val_set["image"][0]
+    tokens = generate(aligned.model, aligned.tokenizer, image, "What is shown in this image?", n, max_new_tokens=8,
+                      on_text=streamed.append)
+    assert 0 < len(tokens) <= 8
+    assert "".join(streamed) == aligned.tokenizer.decode(tokens, skip_special_tokens=True)
