@@ -176,49 +176,52 @@ def chat(
     print()
 
 
-@app.command("align")
-def align(
-    vision: Annotated[Optional[Path], typer.Option(help="Stage-1 checkpoint (clip.pt) whose image tower is used")]
+@app.command("finetune")
+def finetune(
+    model: Annotated[Optional[Path], typer.Option(help="Aligned (or finetuned) checkpoint: vlm.pt or its run folder")]
     = None,
-    llm: Annotated[Optional[str], typer.Option(help="LLM: HF folder, .gguf file, alias (llama) or hub id")] = None,
-    config: Annotated[Path, typer.Option(help="YAML under configs/align/")] = Path("configs/align/emoji.yaml"),
+    data: Annotated[Optional[str], typer.Option(help="LLaVA conversation JSON / JSONL to train on")] = None,
+    config: Annotated[Path, typer.Option(help="YAML under configs/finetune/")] = Path("configs/finetune/emoji.yaml"),
     overrides: SetOption = None,
-    out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, metrics, training states")] = Path("ckpt/align"),
+    out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, adapter/, metrics, training states")]
+    = Path("ckpt/llava"),
     resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
 ):
-    """Stage 2: train a projector from a frozen stage-1 image tower into a frozen LLM; write OUT/vlm.pt."""
+    """Stage 3: instruction-tune an aligned model (LoRA + projector by default); write OUT/vlm.pt and OUT/adapter/."""
     from mmtool import distributed
     from mmtool.config import load_config
-    from stage2_projector.config import AlignConfig
-    from stage2_projector.train import align as run
+    from stage3_llm.config import FinetuneConfig
+    from stage3_llm.train import finetune as run
 
     sets = list(overrides or [])
-    sets += [f"model.vision={vision}"] if vision else []
-    sets += [f"model.llm={llm}"] if llm else []
-    run(load_config(AlignConfig, config, sets), out, resume=resume)
+    sets += [f"model.base={model}"] if model else []
+    sets += [f"data.train={data}"] if data else []
+    run(load_config(FinetuneConfig, config, sets), out, resume=resume)
     distributed.exit_cleanly()
 
 
-@app.command("chat")
-def chat(
-    question: Annotated[str, typer.Argument(help="What to ask about the image")],
-    model: Annotated[Path, typer.Option(help="A vlm.pt checkpoint or the run folder holding it")],
-    image: Annotated[Path, typer.Option(help="Image file (PNG, JPEG, ...)")],
-    llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
-    temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
+@app.command("eval-llava")
+def eval_llava(
+    model: Annotated[Path, typer.Option(help="A finetuned (or aligned) checkpoint: vlm.pt or its run folder")],
+    data: Annotated[Path, typer.Option(help="Held-out LLaVA conversations, e.g. data/instruct/val.json")],
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 32,
+    image_folder: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write scores and answers here")] = None,
 ):
-    """Answer a question about an image, streaming the answer."""
-    from stage2_projector.bundle import load_vlm
-    from stage3_llm.generate import generate
+    """Exact-match and contains-answer accuracy of greedy answers to held-out questions, per task."""
+    from stage3_llm.bundle import load_finetuned
+    from stage3_llm.conversations import read_conversations
+    from stage3_llm.evaluate import answer_conversations, format_table, score
 
-    if not image.is_file():
-        raise MmtoolError(f"--image {image}: file not found")
-    bundle = load_vlm(model, llm)
-    generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
-             bundle.num_image_tokens, max_new_tokens, temperature,
-             on_text=lambda text: print(text, end="", flush=True))
-    print()
+    conversations, source = read_conversations(data, image_folder)
+    bundle = load_finetuned(model)
+    results = answer_conversations(bundle, conversations[:limit], source, max_new_tokens)
+    scores = score(results)
+    print(format_table(scores))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"scores": scores, "answers": results}, indent=2, ensure_ascii=False))
 
 
 @app.command("export-llava")
@@ -232,6 +235,24 @@ def export_llava(
     from stage2_projector.bundle import load_vlm
 
     print(f"wrote {run(load_vlm(model, llm), out)}")
+
+
+@app.command("pipeline")
+def pipeline(
+    config: Annotated[Path, typer.Argument(help="YAML under configs/pipeline/")] = Path("configs/pipeline/emoji.yaml"),
+    force: Annotated[bool, typer.Option(help="Re-run every step, even those that are up to date")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the steps and whether each is up to date; run nothing")]
+    = False,
+):
+    """Stage 1 -> stage 2 -> stage 3 -> exports -> evaluations, skipping steps whose outputs are up to date."""
+    from mmtool.config import load_config
+    from mmtool.pipeline import PipelineConfig, format_summary, plan, run_pipeline
+
+    cfg = load_config(PipelineConfig, config)
+    steps = plan(cfg)
+    runner = (lambda args: print(f"would run: mmtool {' '.join(args)}")) if dry_run else None
+    rows = run_pipeline(steps, Path(cfg.out) / "stamps", force=force, runner=runner, record=not dry_run)
+    print("\n" + format_summary(rows))
 
 
 def print_table(metrics: dict) -> None:

@@ -1,0 +1,47 @@
+"""A finetuned vision-language model on disk: the stage-2 checkpoint format plus the LoRA adapter beside it.
+
+A finetune run folder holds `vlm.pt` (mmtool.checkpoint, kind "vlm": the record of the aligned model it started
+from, with a "finetune" entry added, and the tower + projector weights; with full fine-tuning the LLM's weights too)
+and, with LoRA, `adapter/`: a standard peft adapter of the LLM, unmerged, that peft loads on top of the base LLM
+and that a further `mmtool finetune --model <this folder>` keeps training.
+"""
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from mmtool.checkpoint import save_model
+from stage2_projector.bundle import KIND, SAVED_PREFIXES, VlmBundle, load_vlm, resolve_model_file
+from stage3_llm.config import LoraSettings
+
+ADAPTER_DIR = "adapter"
+
+
+def add_lora(bundle: VlmBundle, settings: LoraSettings) -> None:
+    """Wraps the bundle's LLM in fresh LoRA adapters (peft) on `settings.target_modules`."""
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    bundle.model.llm = get_peft_model(bundle.model.llm, config)
+
+
+def load_finetuned(path: str | Path, llm=None, trainable: bool = False) -> VlmBundle:
+    """An aligned or finetuned model; a LoRA adapter found beside it is loaded unmerged (trainable on request)."""
+    bundle = load_vlm(path, llm)
+    adapter = resolve_model_file(path).parent / ADAPTER_DIR
+    if bundle.record.get("finetune", {}).get("lora"):
+        bundle.model.llm = PeftModel.from_pretrained(bundle.model.llm, str(adapter), is_trainable=trainable)
+    return bundle
+
+
+def save_finetuned(out: Path, record: dict, state_dict: dict[str, torch.Tensor], llm, lora: bool) -> None:
+    """vlm.pt (tower + projector, or every weight under full fine-tuning) and, with LoRA, adapter/ taken from
+    the gathered `state_dict` (so it works under ZeRO-3, where the module's own weights are partitioned)."""
+    if lora:
+        kept = {name: tensor for name, tensor in state_dict.items() if name.startswith(SAVED_PREFIXES)}
+        llm_state = {name.removeprefix("llm."): tensor for name, tensor in state_dict.items()
+                     if name.startswith("llm.")}
+        # The image token's embedding row is never used (features replace it): no need to save embeddings.
+        llm.save_pretrained(str(out / ADAPTER_DIR), state_dict=llm_state, save_embedding_layers=False)
+    else:
+        kept = state_dict
+    save_model(resolve_model_file(out), KIND, record, kept)

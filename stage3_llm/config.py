@@ -1,0 +1,66 @@
+"""Stage-3 config: every knob of a finetune run, loaded from configs/finetune/*.yaml."""
+from dataclasses import dataclass, field
+
+from mmtool.optim import ParamGroupRule
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapters (peft) on the LLM's linear layers; `enabled: false` trains whatever param_groups leave free."""
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@dataclass
+class ModelConfig:
+    base: str | None = None  # an aligned (stage-2) or finetuned (stage-3) checkpoint: vlm.pt or its run folder
+    llm: str | None = None  # load the LLM from here instead of the spec the checkpoint records
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/instruct/train.json"  # LLaVA conversation JSON / JSONL
+    val: str | None = "data/instruct/val.json"
+    image_folder: str | None = None  # image paths are relative to this folder instead of the JSON file's
+    image_shards: str | None = None  # or: image references are sample keys of these webdataset shards
+    max_samples: int | None = None  # train on a seeded random subset of this many conversations
+    val_samples: int = 64  # the first N val conversations give the val answer loss
+    batch_size: int = 8  # per rank
+    max_length: int = 256  # tokens per sample, image placeholders included; see mmtool/chat_format.py
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
+    accum_steps: int = 1
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    deepspeed: str = "configs/deepspeed/zero2_bf16.json"
+    # LoRA weights and the projector learn; the image tower and the LLM's own weights are frozen by lr 0.
+    param_groups: list[ParamGroupRule] = field(default_factory=lambda: [
+        ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"\.lora_"),
+        ParamGroupRule(pattern=r"^llm\.", lr=0.0)])
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 = at the end of each epoch only
+    save_every: int = 0  # steps; 0 = at the end of each epoch only
+    keep_states: int = 1  # DeepSpeed training states kept for --resume
+    threads: int | None = None  # torch intra-op threads on CPU
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
