@@ -10,6 +10,10 @@ from mmtool.errors import MmtoolError
 from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
 
 
+# torch.optim.AdamW arguments per kernel; all three compute the same update.
+ADAMW_KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+
+
 @dataclass
 class OptimSettings:
     lr: float
@@ -21,6 +25,7 @@ class OptimSettings:
     total_steps: int
     min_lr_ratio: float = 0.0
     rules: list[ParamGroupRule] = field(default_factory=list)
+    kernel: str = "fused"  # torch AdamW implementation: fused | foreach | loop (see bench/RESULTS.md)
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -55,7 +60,10 @@ class TrainEngine:
         if not groups:
             raise MmtoolError("nothing to train: every parameter is frozen (check train.param_groups)")
         self.group_names = [group.pop("names") for group in groups]
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+        if optim.kernel not in ADAMW_KERNELS:
+            raise MmtoolError(f"train.optimizer_kernel: unknown {optim.kernel!r} (known: {', '.join(ADAMW_KERNELS)})")
+        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                      **ADAMW_KERNELS[optim.kernel])
         schedule = cosine_with_warmup(optim.warmup_steps, optim.total_steps, optim.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, config=ds_config,

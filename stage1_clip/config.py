@@ -115,6 +115,9 @@ class TrainConfig:
     save_every: int = 0  # steps; 0 = at the end of each epoch only
     keep_states: int = 2  # DeepSpeed training states kept for --resume (older ones are deleted)
     threads: int | None = None  # torch intra-op threads on CPU
+    # torch AdamW kernel: fused (one pass over all tensors), foreach (batched ops) or loop (one tensor at a time).
+    optimizer_kernel: str = "fused"
+    compile: bool = False  # torch.compile both towers (the first steps pay for compilation)
 
 
 @dataclass

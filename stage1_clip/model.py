@@ -34,6 +34,11 @@ class CLIP(nn.Module):
                 tower.eval()  # a locked tower runs as at inference: no dropout, no BatchNorm statistic updates
         return self
 
+    def compile_towers(self, **options) -> None:
+        """torch.compile both towers in place: parameter names, and so checkpoints, stay as they are."""
+        self.vision.compile(**options)
+        self.text.compile(**options)
+
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         features = self.vision(images)  # [B, Wv]
         return F.normalize(self.image_projection(features), dim=-1)  # [B, D]
