@@ -55,10 +55,12 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
 
     tokenizer = prepare_tokenizer(cfg, train_urls, out)
     model = CLIP(cfg.model, cfg.loss, getattr(tokenizer, "vocab_size", None))
+    if cfg.train.compile:
+        model.compile_towers()
     engine = TrainEngine(model, cfg.train.deepspeed, cfg.data.batch_size, accum_steps=accum, optim=OptimSettings(
         lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, betas=tuple(cfg.train.betas), eps=cfg.train.eps,
         grad_clip=cfg.train.grad_clip, warmup_steps=cfg.train.warmup_steps, total_steps=total_steps,
-        min_lr_ratio=cfg.train.min_lr_ratio, rules=cfg.train.param_groups))
+        min_lr_ratio=cfg.train.min_lr_ratio, rules=cfg.train.param_groups, kernel=cfg.train.optimizer_kernel))
 
     mining = HardNegatives.from_config(cfg, train_urls, tokenizer, steps_per_epoch * accum)
     progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
