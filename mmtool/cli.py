@@ -157,19 +157,19 @@ def align(
 @app.command("chat")
 def chat(
     question: Annotated[str, typer.Argument(help="What to ask about the image")],
-    model: Annotated[Path, typer.Option(help="A vlm.pt checkpoint or the run folder holding it")],
+    model: Annotated[Path, typer.Option(help="An aligned or finetuned vlm.pt, or the run folder holding it")],
     image: Annotated[Path, typer.Option(help="Image file (PNG, JPEG, ...)")],
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
 ):
     """Answer a question about an image, streaming the answer."""
-    from stage2_projector.bundle import load_vlm
+    from stage3_llm.bundle import load_finetuned
     from stage3_llm.generate import generate
 
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
-    bundle = load_vlm(model, llm)
+    bundle = load_finetuned(model, llm)
     generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
              bundle.num_image_tokens, max_new_tokens, temperature,
              on_text=lambda text: print(text, end="", flush=True))
@@ -226,15 +226,15 @@ def eval_llava(
 
 @app.command("export-llava")
 def export_llava(
-    model: Annotated[Path, typer.Option(help="A vlm.pt checkpoint or the run folder holding it")],
+    model: Annotated[Path, typer.Option(help="An aligned or finetuned vlm.pt (LoRA is merged), or its run folder")],
     out: Annotated[Path, typer.Option(help="Folder for the Hugging Face LLaVA model")],
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
 ):
-    """Write a LlavaForConditionalGeneration folder (weights, tokenizer, processor, chat template) for transformers."""
+    """Write a transformers LlavaForConditionalGeneration folder (LoRA merged; tokenizer, processor, template)."""
     from mmtool.export.llava import export_llava as run
-    from stage2_projector.bundle import load_vlm
+    from stage3_llm.bundle import load_finetuned
 
-    print(f"wrote {run(load_vlm(model, llm), out)}")
+    print(f"wrote {run(load_finetuned(model, llm), out)}")
 
 
 @app.command("pipeline")

@@ -1,0 +1,198 @@
+"""`mmtool pipeline`: shards -> CLIP -> aligned VLM -> instruction-tuned VLM -> exports -> evaluations.
+
+Each step is the `mmtool` command a user would type, run in its own process (so every stage starts with a clean
+DeepSpeed / process-group state, exactly as when run by hand). A step is skipped when its outputs exist and its
+fingerprint — its command line, the content of the config files it reads and the fingerprints of the steps it
+depends on — equals the one recorded when it last finished. Changing a config therefore re-runs that stage and
+everything downstream of it, and nothing else.
+"""
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmtool.errors import MmtoolError
+
+
+@dataclass
+class EmojiDataSpec:
+    out: str = "data/emoji5"
+    styles: str = "all"
+    eval_style: str | None = "twemoji"
+
+
+@dataclass
+class StageSpec:
+    config: str = ""
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AlignSpec(StageSpec):
+    llm: str = "llama"
+
+
+@dataclass
+class EvalSpec:
+    llava_samples: int = 200  # held-out conversations answered per split (greedy generation is the slow part)
+    max_new_tokens: int = 24
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "runs/pipeline"
+    emoji: EmojiDataSpec = field(default_factory=EmojiDataSpec)
+    clip: StageSpec = field(default_factory=lambda: StageSpec("configs/clip/default.yaml"))
+    align: AlignSpec = field(default_factory=lambda: AlignSpec("configs/align/emoji.yaml"))
+    finetune: StageSpec = field(default_factory=lambda: StageSpec("configs/finetune/emoji.yaml"))
+    eval: EvalSpec = field(default_factory=EvalSpec)
+
+
+@dataclass
+class Step:
+    name: str
+    args: list[str]  # mmtool arguments
+    outputs: list[Path]
+    configs: list[Path] = field(default_factory=list)  # files whose content is part of the fingerprint
+    after: list[str] = field(default_factory=list)  # steps whose results this one reads
+    metrics: Path | None = None  # a JSON file with the figures shown in the summary
+
+
+def plan(cfg: PipelineConfig) -> list[Step]:
+    """The steps of the pipeline, in order."""
+    out, data = Path(cfg.out), Path(cfg.emoji.out)
+    clip, align, llava, instruct = out / "clip", out / "align", out / "llava", out / "instruct"
+    shards = lambda split: str(data / f"{split}-*.tar")  # noqa: E731 - a naming shortcut, read once
+    eval_splits = ["val"] + (["heldout_train", "heldout_val"] if cfg.emoji.eval_style else [])
+
+    emoji_args = ["data", "emoji", "--out", str(data), "--styles", cfg.emoji.styles]
+    emoji_args += ["--eval-style", cfg.emoji.eval_style] if cfg.emoji.eval_style else []
+    steps = [Step("emoji-shards", emoji_args, [data / "meta.json"])]
+    steps.append(Step("pretrain-clip", ["pretrain-clip", "--config", cfg.clip.config, "--out", str(clip),
+                                        *_sets(cfg.clip.set)],
+                      [clip / "clip.pt"], [Path(cfg.clip.config)], ["emoji-shards"]))
+    for split in eval_splits:
+        steps.append(Step(f"eval-clip:{split}", ["eval-clip", str(clip / "clip.pt"), "--data", shards(split),
+                                                  "--json", str(clip / f"eval_{split}.json")],
+                          [clip / f"eval_{split}.json"], after=["pretrain-clip"],
+                          metrics=clip / f"eval_{split}.json"))
+    # ViT towers become Hugging Face models (CLIPVisionModelWithProjection, LlavaForConditionalGeneration); other
+    # towers have no transformers class and are exported as safetensors + config only.
+    is_vit = clip_vision_type(cfg.clip) == "vit"
+    steps.append(Step("export-vision", ["export-vision", str(clip / "clip.pt"), "--format",
+                                        "hf" if is_vit else "safetensors", "--out", str(out / "export" / "vision")],
+                      [out / "export" / "vision"], after=["pretrain-clip"]))
+    steps.append(Step("align", ["align", "--vision", str(clip / "clip.pt"), "--llm", cfg.align.llm,
+                                "--config", cfg.align.config, "--out", str(align),
+                                *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
+                                        *cfg.align.set])],
+                      [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"]))
+    instruct_shards = str(data / ("{" + ",".join(["train", *eval_splits]) + "}-*.tar"))
+    steps.append(Step("instructions", ["data", "instructions", "--shards", instruct_shards, "--out", str(instruct)],
+                      [instruct / "train.json", instruct / "val.json"], after=["emoji-shards"]))
+    steps.append(Step("finetune", ["finetune", "--model", str(align), "--data", str(instruct / "train.json"),
+                                   "--config", cfg.finetune.config, "--out", str(llava),
+                                   *_sets([f"data.val={instruct / 'val.json'}", *cfg.finetune.set])],
+                      [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"]))
+    for split in eval_splits:
+        if split == "heldout_train":
+            continue  # the training concepts in a new style: the CLIP evaluation covers it
+        steps.append(Step(f"eval-llava:{split}",
+                          ["eval-llava", "--model", str(llava), "--data", str(instruct / f"{split}.json"),
+                           "--limit", str(cfg.eval.llava_samples), "--max-new-tokens", str(cfg.eval.max_new_tokens),
+                           "--json", str(llava / f"eval_{split}.json")],
+                          [llava / f"eval_{split}.json"], after=["finetune"], metrics=llava / f"eval_{split}.json"))
+    if is_vit:
+        steps.append(Step("export-llava", ["export-llava", "--model", str(llava), "--out",
+                                           str(out / "export" / "llava")],
+                          [out / "export" / "llava"], after=["finetune"]))
+    return steps
+
+
+def clip_vision_type(stage: StageSpec) -> str:
+    from mmtool.config import load_config
+    from stage1_clip.config import ClipConfig
+
+    return load_config(ClipConfig, stage.config, stage.set).model.vision.type
+
+
+def _sets(pairs: list[str]) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def fingerprint(step: Step, upstream: dict[str, str]) -> str:
+    digest = hashlib.sha256(json.dumps(step.args).encode())
+    for path in step.configs:
+        if not path.is_file():
+            raise MmtoolError(f"step {step.name}: config file not found: {path}")
+        digest.update(path.read_bytes())
+    for name in step.after:
+        digest.update(upstream[name].encode())
+    return digest.hexdigest()[:16]
+
+
+def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=None, record: bool = True
+                 ) -> list[dict]:
+    """Runs the steps that are not up to date; returns one summary row per step.
+
+    `runner(args)` runs one mmtool command (default: a subprocess); a failing step stops the pipeline with the
+    steps before it kept, so a re-run continues where it stopped. record=False (a dry run) writes no stamps.
+    """
+    runner = runner or _run_mmtool
+    stamps.mkdir(parents=True, exist_ok=True)
+    fingerprints, rerun, rows = {}, set(), []
+    for step in steps:
+        fingerprints[step.name] = fingerprint(step, fingerprints)
+        stamp = stamps / f"{step.name.replace(':', '_')}.json"
+        recorded = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        up_to_date = (recorded.get("fingerprint") == fingerprints[step.name]
+                      and all(p.exists() for p in step.outputs) and not rerun.intersection(step.after))
+        if up_to_date and not force:
+            rows.append({"step": step.name, "status": "up to date", "seconds": recorded.get("seconds", 0.0),
+                         "result": headline(step.metrics)})
+            continue
+        rerun.add(step.name)  # what reads this step's outputs must be redone too
+        if not record:
+            runner(step.args)
+            rows.append({"step": step.name, "status": "to run", "seconds": 0.0, "result": ""})
+            continue
+        print(f"\n== {step.name}: mmtool {' '.join(step.args)}", flush=True)
+        stamp.unlink(missing_ok=True)  # a step that fails half-way is never taken as done
+        started = time.perf_counter()
+        runner(step.args)
+        seconds = round(time.perf_counter() - started, 1)
+        missing = [str(p) for p in step.outputs if not p.exists()]
+        if missing:
+            raise MmtoolError(f"step {step.name} finished without writing {', '.join(missing)}")
+        stamp.write_text(json.dumps({"fingerprint": fingerprints[step.name], "seconds": seconds}))
+        rows.append({"step": step.name, "status": "ran", "seconds": seconds, "result": headline(step.metrics)})
+    return rows
+
+
+def _run_mmtool(args: list[str]) -> None:
+    done = subprocess.run([sys.executable, "-m", "mmtool", *args])
+    if done.returncode != 0:
+        raise MmtoolError(f"`mmtool {' '.join(args)}` failed (exit {done.returncode}); fix it and re-run the "
+                          "pipeline: finished steps are kept")
+
+
+def headline(metrics: Path | None) -> str:
+    """The figures worth a glance from a step's metrics JSON (CLIP retrieval or LLaVA answer accuracy)."""
+    if metrics is None or not metrics.is_file():
+        return ""
+    data = json.loads(metrics.read_text())
+    if "scores" in data:  # eval-llava
+        overall = data["scores"].get("all", {})
+        return ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, float))
+    keys = ["image_to_text_R@1", "text_to_image_R@1", "zero_shot_group_acc"]
+    return ", ".join(f"{k} {data[k]:.3f}" for k in keys if isinstance(data.get(k), float))
+
+
+def format_summary(rows: list[dict]) -> str:
+    width = max(len(row["step"]) for row in rows)
+    lines = [f"{'step':<{width}}  {'status':<10}  {'seconds':>8}  result"]
+    lines += [f"{row['step']:<{width}}  {row['status']:<10}  {row['seconds']:>8.1f}  {row['result']}" for row in rows]
+    return "\n".join(lines)
