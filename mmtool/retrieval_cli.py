@@ -1,6 +1,8 @@
 """The export and image-search commands of `mmtool` (registered on the main app by mmtool/cli.py)."""
+import json
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -28,6 +30,98 @@ def export_clip(checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip
     print(f"wrote {out}")
 
 
+index_app = typer.Typer(help="Build and grow image-search indexes (FAISS + metadata + thumbnails).",
+                        no_args_is_help=True)
+SourceArgument = Annotated[str, typer.Argument(help="A folder of images, a .jsonl list ({\"image\": path, "
+                                                    "\"caption\"?: text, ...}) or webdataset shards")]
+BatchOption = Annotated[int, typer.Option(help="Images embedded per forward pass")]
+
+
+def report_embedding(report) -> None:
+    for path, reason in report.unreadable:
+        print(f"skipped unreadable image: {path} ({reason})", file=sys.stderr)
+    print(json.dumps({k: v for k, v in report.as_dict().items() if k != "unreadable_paths"}))
+
+
+@index_app.command("build")
+def index_build(
+    source: SourceArgument,
+    model: Annotated[str, typer.Option(help="clip.pt / clip.safetensors, or an onnx / safetensors export folder")],
+    out: Annotated[Path, typer.Option(help="Index folder to create")],
+    index_type: Annotated[str, typer.Option(help="flat (exact inner product) | hnsw (approximate, large sets)")]
+    = "flat",
+    batch_size: BatchOption = 64,
+):
+    """Embed every image of SOURCE and write a searchable index."""
+    from mmtool.index import ImageIndex
+
+    _, report = ImageIndex.build(source, model, out, index_type=index_type, batch_size=batch_size)
+    report_embedding(report)
+
+
+@index_app.command("add")
+def index_add(
+    index: Annotated[Path, typer.Argument(help="An index folder from `mmtool index build`")],
+    source: SourceArgument,
+    model: Annotated[Optional[str], typer.Option(help="Same weights as the index's model, in any format "
+                                                      "(default: the one it was built with)")] = None,
+    batch_size: BatchOption = 64,
+):
+    """Append new images (indexed ones are not re-embedded; identical files are skipped)."""
+    from mmtool.index import ImageIndex
+
+    report_embedding(ImageIndex.open(index).add(source, model, batch_size=batch_size))
+
+
+def search(
+    index: Annotated[Path, typer.Argument(help="An index folder from `mmtool index build`")],
+    text: Annotated[Optional[str], typer.Option(help="Find images matching this text")] = None,
+    image: Annotated[Optional[Path], typer.Option(help="Find images like this one")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many results")] = 10,
+    model: Annotated[Optional[str], typer.Option(help="Embed the query with these weights (same as the index's)")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+):
+    """Ranked images for a text or an image query, with cosine scores."""
+    from mmtool.index import ImageIndex
+
+    hits = ImageIndex.open(index, model).search(text=text, image=image, k=k)
+    if as_json:
+        print(json.dumps([hit.as_dict() for hit in hits], indent=2, ensure_ascii=False))
+        return
+    print(f"{'rank':>4}  {'score':>7}  path  (caption)")
+    for hit in hits:
+        print(f"{hit.rank:>4}  {hit.score:7.4f}  {hit.path}" + (f"  ({hit.caption})" if hit.caption else ""))
+
+
+def serve(
+    index: Annotated[Path, typer.Argument(help="An index folder from `mmtool index build`")],
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on; the default keeps it on this machine")]
+    = "127.0.0.1",
+    model: Annotated[Optional[str], typer.Option(help="Embed queries with these weights (same as the index's)")]
+    = None,
+):
+    """A local search page: text box, thumbnail grid, image upload for image->image search."""
+    from mmtool.index import ImageIndex
+    from mmtool.index.server import make_server
+
+    index = ImageIndex.open(index, model)
+    index.encoder  # load the model before the first request
+    server = make_server(index, host, port)
+    print(f"serving {len(index.items)} images on http://{server.server_address[0]}:{server.server_address[1]}/ "
+          f"(Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def add_retrieval_commands(app: typer.Typer) -> None:
     app.command("export-vision")(export_vision)
     app.command("export-clip")(export_clip)
+    app.add_typer(index_app, name="index")
+    app.command("search")(search)
+    app.command("serve")(serve)

@@ -95,7 +95,8 @@ def test_image_processor_reproduces_eval_pixels(emoji_shards, hf_clip_dir):
     """Raw PNG bytes through the saved processor vs mmtool's decode + eval transform (transparency on white,
     128 px -> 32 px bicubic). The processor works on uint8 PIL images like mmtool, up to float rounding."""
     processor = AutoImageProcessor.from_pretrained(hf_clip_dir)
-    raws = [s.image for _, s in zip(range(40), parsed_samples(resolve_shards(str(emoji_shards / "val-*.tar")), Counter()))]
+    samples = parsed_samples(resolve_shards(str(emoji_shards / "val-*.tar")), Counter())
+    raws = [sample.image for _, sample in zip(range(40), samples)]
     expected = torch.stack([eval_transform(load_image(raw), 32) for raw in raws])  # [B, 3, 32, 32]
     got = processor(images=[Image.open(io.BytesIO(raw)) for raw in raws], return_tensors="pt")["pixel_values"]
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5, rtol=0)

@@ -5,7 +5,7 @@ projections, so the fused weight is split in three; everything else maps one to 
 first eos token, which transformers' CLIPTextModel does when `eos_token_id` is not the legacy 2 (mmtool's eos is 3).
 """
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPVisionConfig
+from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 from mmtool.data.images import CLIP_MEAN, CLIP_STD
 from mmtool.errors import MmtoolError
@@ -78,8 +78,9 @@ def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def text_config_to_hf(cfg: TextConfig, vocab_size: int, projection_dim: int) -> CLIPTextConfig:
     _require(cfg, "transformer", "model.text.type")
-    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.width, intermediate_size=int(cfg.width * cfg.mlp_ratio),
-                          projection_dim=projection_dim, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+    return CLIPTextConfig(vocab_size=vocab_size, hidden_size=cfg.width,
+                          intermediate_size=int(cfg.width * cfg.mlp_ratio), projection_dim=projection_dim,
+                          num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
                           max_position_embeddings=cfg.context_length, hidden_act="gelu", layer_norm_eps=1e-5,
                           pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
 
@@ -111,9 +112,14 @@ def clip_to_hf(model, model_cfg) -> tuple[CLIPConfig, dict[str, torch.Tensor]]:
     return config, {**vision_state, **text_state, "logit_scale": logit_scale.reshape(()).clone()}
 
 
-def image_processor(image_size: int) -> CLIPImageProcessor:
+def image_processor(image_size: int):
     """mmtool's eval transform in transformers' terms: RGB on white, shorter side to image_size (bicubic), centre
-    crop, CLIP mean/std. See README for the one-pixel crop-offset difference on odd size differences."""
+    crop, CLIP mean/std. Two differences remain: mmtool applies EXIF orientation first, and when the resized long
+    side exceeds the crop by 3 mod 4 pixels mmtool's rounded crop offset is one pixel past transformers' floor."""
+    # Saved as CLIPImageProcessor, the name every transformers version reads; without torchvision, transformers 5
+    # runs it with its PIL backend, the same Pillow bicubic resize mmtool uses.
+    from transformers import CLIPImageProcessor
+
     return CLIPImageProcessor(do_resize=True, size={"shortest_edge": image_size}, resample=3,  # PIL bicubic
                               do_center_crop=True, crop_size={"height": image_size, "width": image_size},
                               do_rescale=True, rescale_factor=1 / 255, do_normalize=True,

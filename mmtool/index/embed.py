@@ -1,0 +1,83 @@
+"""Source items -> unit vectors + metadata records, in batches, with thumbnails; unreadable images and exact
+duplicates (same file bytes) are counted and skipped, never fatal."""
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from mmtool.data.images import BadSample, eval_transform, load_image
+from mmtool.index.sources import SourceItem
+
+THUMB_SIZE = 160
+
+
+@dataclass
+class EmbedReport:
+    added: int = 0
+    duplicates: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def as_dict(self) -> dict:
+        return {"added": self.added, "duplicates": self.duplicates, "unreadable": len(self.unreadable),
+                "unreadable_paths": [f"{path} ({reason})" for path, reason in self.unreadable]}
+
+
+def thumbnail_name(sha256: str) -> str:
+    return f"{sha256}.jpg"
+
+
+def _save_thumbnail(image: Image.Image, path: Path) -> None:
+    if path.exists():
+        return
+    thumb = image.copy()
+    thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.BICUBIC)
+    thumb.save(path, "JPEG", quality=88)
+
+
+def embed_items(items: Iterable[SourceItem], encoder, thumbs: Path, known: set[str], batch_size: int = 64,
+                progress: bool = True) -> tuple[np.ndarray, list[dict], EmbedReport]:
+    """Returns (vectors [N, D] float32, one record per vector, report); `known` holds content hashes already in
+    the index and grows with the new ones."""
+    report, records, chunks = EmbedReport(), [], []
+    pending: list[torch.Tensor] = []
+    thumbs.mkdir(parents=True, exist_ok=True)
+
+    def flush() -> None:
+        if pending:
+            chunks.append(encoder.encode_images(torch.stack(pending)).numpy().astype(np.float32))  # [B, D]
+            pending.clear()
+
+    for item in tqdm(items, desc="embed", unit="img", disable=not progress, dynamic_ncols=True):
+        if item.image is None:
+            report.unreadable.append((item.path, "missing_or_unreadable_file"))
+            continue
+        sha256 = hashlib.sha256(item.image).hexdigest()
+        if sha256 in known:
+            report.duplicates += 1
+            continue
+        try:
+            image = load_image(item.image)
+        except BadSample as err:
+            report.unreadable.append((item.path, err.reason))
+            continue
+        known.add(sha256)
+        pending.append(eval_transform(image, encoder.image_size))  # [3, S, S]
+        _save_thumbnail(image, thumbs / thumbnail_name(sha256))
+        records.append({"path": item.path, "caption": item.caption, "fields": item.fields, "sha256": sha256})
+        if len(pending) == batch_size:
+            flush()
+    flush()
+    report.added = len(records)
+    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return vectors, records, report
+
+
+def image_bytes_to_pixels(data: bytes, image_size: int) -> torch.Tensor:
+    """A query image as the index's images were embedded: [1, 3, S, S]."""
+    return eval_transform(load_image(data), image_size)[None]
+
