@@ -99,7 +99,7 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
 
     def refresh_hard_negatives() -> bool:
         """Re-mines when due; True when the rest of the epoch's batches changed (the loader must restart)."""
-        if not (mining and mining.refresh_due(progress["step"])):
+        if not (mining and mining.refresh_due(progress["step"]) and progress["step"] < total_steps):
             return False
         started = time.perf_counter()
         changed = mining.refresh(engine.module, progress["step"], progress["epoch"],
