@@ -74,7 +74,12 @@ class HardNegatives:
         return self.composition == "knn" or self.mined > 0
 
     def refresh_due(self, step: int) -> bool:
-        return self.uses_model and step % self.cfg.data.hard_negative_refresh == 0 and self.refreshed_at != step
+        """At every multiple of the refresh period, and at once when nothing was mined yet (e.g. resuming a
+        run whose state has no hard negatives)."""
+        if not self.uses_model:
+            return False
+        return self.refreshed_at is None or (step % self.cfg.data.hard_negative_refresh == 0
+                                             and self.refreshed_at != step)
 
     def refresh(self, model, step: int, epoch: int, position: int) -> bool:
         """Re-embeds the training set with `model`, re-clusters / re-mines; `position` = micro-batches this rank
