@@ -65,7 +65,8 @@ def per_sample_activations(name: str) -> tuple[float, float, object, int]:
     model = CLIP(cfg.model, cfg.loss, VOCAB)
     small, large = saved_bytes(model, 2, cfg.model), saved_bytes(model, 4, cfg.model)
     params = sum(p.numel() for p in model.parameters())
-    return (large[0] - small[0]) / 2, (large[1] - small[1]) / 2, load_config(ClipConfig, ROOT / f"configs/clip/{name}.yaml").model, params
+    shipped = load_config(ClipConfig, ROOT / f"configs/clip/{name}.yaml").model  # with its checkpointing switches
+    return (large[0] - small[0]) / 2, (large[1] - small[1]) / 2, shipped, params
 
 
 def model_state_bytes(params: int, stage: int, gpus: int) -> float:

@@ -39,8 +39,8 @@ def image_tower_flops(cfg: ModelConfig) -> int:
     if vision.type != "vit":
         raise ValueError(f"FLOP count covers the vit image tower only, not {vision.type!r}")
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
-    return (patch_embedding_flops(cfg) + vision.layers * transformer_layer_flops(tokens, vision.width, vision.mlp_ratio)
-            + 2 * vision.width * cfg.embed_dim)
+    layers = vision.layers * transformer_layer_flops(tokens, vision.width, vision.mlp_ratio)
+    return patch_embedding_flops(cfg) + layers + 2 * vision.width * cfg.embed_dim
 
 
 def text_tower_flops(cfg: ModelConfig) -> int:
@@ -48,7 +48,8 @@ def text_tower_flops(cfg: ModelConfig) -> int:
     text = cfg.text
     if text.type != "transformer":
         raise ValueError(f"FLOP count covers the transformer text tower only, not {text.type!r}")
-    return text.layers * transformer_layer_flops(text.context_length, text.width, text.mlp_ratio) + 2 * text.width * cfg.embed_dim
+    layers = text.layers * transformer_layer_flops(text.context_length, text.width, text.mlp_ratio)
+    return layers + 2 * text.width * cfg.embed_dim
 
 
 def loss_flops(cfg: ModelConfig, batch: int) -> int:
