@@ -126,17 +126,21 @@ def torch_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compil
 
 
 def zero2_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compile_backend: str | None):
-    """mmtool's engine, exactly as `mmtool pretrain-clip` builds it, with ZeRO-2 + bf16 autocast."""
+    """mmtool's engine, as `mmtool pretrain-clip` builds it, with ZeRO-2 + bf16 autocast."""
     from mmtool.engine import OptimSettings, TrainEngine
     from stage1_clip.loss import build_loss
-    from stage1_clip.train import train_step
 
     model = mmtool_model(clip_cfg, vocab, compile_backend)
     engine = TrainEngine(model, ROOT / "configs/deepspeed/zero2_bf16.json", batch, optim=OptimSettings(
         lr=1e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0, warmup_steps=1, total_steps=10**6))
     loss_fn = build_loss("clip")
-    batch_tensors = [tuple(t.to(engine.device) for t in synthetic_batch(clip_cfg.model, vocab, batch, device))]
-    return lambda: train_step(engine, loss_fn, batch_tensors)
+    inputs = tuple(t.to(engine.device) for t in synthetic_batch(clip_cfg.model, vocab, batch, device))
+
+    def step():  # stage1_clip.train.train_step for one micro-batch, without importing the data stack
+        outputs = engine(*inputs)
+        engine.backward(loss_fn(outputs["image_features"], outputs["text_features"], outputs["logit_scale"]))
+        engine.step()
+    return step
 
 
 def open_clip_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compile_backend: str | None):
