@@ -51,6 +51,7 @@ class TrainConfig:
         ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"^llm\.", lr=0.0)])
     log_every: int = 10
     eval_every: int = 0  # steps; 0 = at the end of each epoch only
+    eval_at_start: bool = False  # also measure the untrained projector (the baseline the val loss falls from)
     save_every: int = 0  # steps; 0 = at the end of each epoch only
     keep_states: int = 1  # DeepSpeed training states kept for --resume
     threads: int | None = None  # torch intra-op threads on CPU

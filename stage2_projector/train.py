@@ -88,6 +88,8 @@ def align(cfg: AlignConfig, out: Path, resume: bool = False, bundle: VlmBundle |
     augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
     metrics, evaluated_at, saved_at, shown = {}, None, None, {}
     window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
+    if cfg.train.eval_at_start and progress["step"] == 0:
+        metrics = run_eval()
     engine.train()
     while progress["step"] < total_steps:
         loader = make_train_loader(
