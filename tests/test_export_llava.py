@@ -61,3 +61,24 @@ def test_only_vit_towers_and_two_layer_projectors_export(tmp_path):
         folder.mkdir()
         with pytest.raises(MmtoolError, match=message):
             export_llava(load_vlm(aligned_tiny(folder, kind, projector)), folder / "hf")
+
+
+def test_lora_adapters_are_merged_into_the_exported_weights(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    bundle = load_vlm(aligned_tiny(tmp_path))
+    torch.manual_seed(1)  # init_lora_weights=False: random non-zero B, so the adapter changes the logits
+    bundle.model.llm = get_peft_model(bundle.model.llm, LoraConfig(r=4, target_modules=["q_proj", "down_proj"],
+                                                                   init_lora_weights=False))
+    ids = torch.tensor([prompt_ids(bundle.tokenizer, "What?", bundle.num_image_tokens)])
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        with_adapter = bundle.model(ids, torch.ones_like(ids), image)["logits"]
+        with bundle.model.llm.disable_adapter():
+            base = bundle.model(ids, torch.ones_like(ids), image)["logits"]
+    assert not torch.allclose(with_adapter, base, atol=1e-3)
+    export_llava(bundle, tmp_path / "hf")
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, pixel_values=image).logits
+    torch.testing.assert_close(theirs, with_adapter, atol=1e-4, rtol=1e-4)

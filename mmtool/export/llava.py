@@ -8,20 +8,26 @@ hidden states, and mlp2x_gelu is LLaVA's two-layer projector. Only ViT towers ha
 from pathlib import Path
 
 import torch
+from peft import PeftModel
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from mmtool.errors import MmtoolError
 from mmtool.export.hf_clip import image_processor, vision_tower_to_hf
-from stage1_clip.config import ClipConfig
 from mmtool.config import from_dict
+from stage1_clip.config import ClipConfig
 
 
-def llava_state_dict(bundle) -> dict[str, torch.Tensor]:
+def merged_llm(bundle):
+    """The bundle's LLM with any LoRA adapter folded into its weights (stage 3 keeps adapters unmerged)."""
+    llm = bundle.model.llm
+    return llm.merge_and_unload() if isinstance(llm, PeftModel) else llm
+
+
+def llava_state_dict(bundle, llm) -> dict[str, torch.Tensor]:
     """mmtool names -> LlavaForConditionalGeneration names (vision tower, projector, language model, lm head)."""
     vision_cfg = from_dict(ClipConfig, bundle.record["clip_config"], where="clip_config").model.vision
     _, vision_state = vision_tower_to_hf(bundle.model.vision.tower, vision_cfg)
     projector = bundle.model.projector
-    llm = bundle.model.llm
     state = {f"model.vision_tower.{name}": tensor for name, tensor in vision_state.items()}
     state.update({"model.multi_modal_projector.linear_1.weight": projector[0].weight,
                   "model.multi_modal_projector.linear_1.bias": projector[0].bias,
@@ -33,7 +39,7 @@ def llava_state_dict(bundle) -> dict[str, torch.Tensor]:
 
 
 def export_llava(bundle, out: Path) -> Path:
-    """Writes `out` (a Hugging Face folder); returns it."""
+    """Writes `out` (a Hugging Face folder) from an aligned or finetuned bundle; returns it."""
     record = bundle.record
     if record["vision"]["type"] != "vit":
         raise MmtoolError(f"export-llava: the {record['vision']['type']!r} image tower has no transformers "
@@ -44,7 +50,8 @@ def export_llava(bundle, out: Path) -> Path:
     clip_config = from_dict(ClipConfig, record["clip_config"], where="clip_config")
     vision_cfg = clip_config.model.vision
     vision_config, _ = vision_tower_to_hf(bundle.model.vision.tower, vision_cfg)
-    text_config = bundle.model.llm.config
+    llm = merged_llm(bundle)
+    text_config = llm.config
     config = LlavaConfig(vision_config=vision_config.to_dict(), text_config=text_config.to_dict(),
                          image_token_id=record["llm"]["image_token_id"],
                          image_seq_length=record["vision"]["num_image_tokens"],
@@ -53,7 +60,7 @@ def export_llava(bundle, out: Path) -> Path:
                          multimodal_projector_bias=True, tie_word_embeddings=text_config.tie_word_embeddings)
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(config)
-    state = llava_state_dict(bundle)
+    state = llava_state_dict(bundle, llm)
     if text_config.tie_word_embeddings:
         state.pop("lm_head.weight")
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -62,7 +69,7 @@ def export_llava(bundle, out: Path) -> Path:
         raise MmtoolError(f"export-llava: weight names do not line up (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
     model.tie_weights()
-    model.generation_config = bundle.model.llm.generation_config
+    model.generation_config = llm.generation_config
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor = LlavaProcessor(image_processor=image_processor(vision_cfg.image_size), tokenizer=bundle.tokenizer,
