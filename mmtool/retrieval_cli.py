@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmtool.errors import MmtoolError
+
 FormatOption = Annotated[str, typer.Option("--format", help="hf | onnx | safetensors")]
 OutOption = Annotated[Path, typer.Option(help="Export folder (created; must not exist or be empty)")]
 
@@ -108,7 +110,10 @@ def serve(
 
     index = ImageIndex.open(index, model)
     index.encoder  # load the model before the first request
-    server = make_server(index, host, port)
+    try:
+        server = make_server(index, host, port)
+    except OSError as err:
+        raise MmtoolError(f"--host {host} --port {port}: cannot listen ({err.strerror})") from None
     print(f"serving {len(index.items)} images on http://{server.server_address[0]}:{server.server_address[1]}/ "
           f"(Ctrl-C stops)", flush=True)
     try:

@@ -23,7 +23,7 @@ def run(*args) -> str:
     if result.exception:
         raise result.exception
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout  # the progress bar and skip reports go to stderr
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_add_skips_duplicates_and_unreadable_and_keeps_old_vectors(tiny_clip_che
     listing = tmp_path / "more.jsonl"
     listing.write_text("".join(json.dumps(line) + "\n" for line in lines))
     output = run("index", "add", tmp_path / "index", listing)
-    assert json.loads(output.strip().splitlines()[-1]) == {"added": 3, "duplicates": 1, "unreadable": 2}
+    assert json.loads(output) == {"added": 3, "duplicates": 1, "unreadable": 2}
     reopened = ImageIndex.open(tmp_path / "index")
     assert len(reopened.items) == reopened.vectors.ntotal == 8
     assert np.array_equal(reopened.vectors.reconstruct_n(0, 5), old_vectors)
