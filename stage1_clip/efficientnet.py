@@ -44,7 +44,7 @@ class EfficientNetLite0Tower(nn.Module):
 
     def train(self, mode: bool = True) -> "EfficientNetLite0Tower":
         super().train(mode)
-        for module in self.modules():
+        for module in self.net.modules():  # not self.modules(): a fully locked tower would recurse into this train
             params = list(module.parameters())
             if params and not any(p.requires_grad for p in params):
                 # Frozen (lr 0) part: BatchNorm keeps its ImageNet statistics, stochastic depth stays off.

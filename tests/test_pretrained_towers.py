@@ -103,6 +103,15 @@ def test_grad_checkpointing_is_refused():
         build_vision_tower(VisionConfig(type="efficientnet_lite0", pretrained=False, grad_checkpointing=True), 64)
 
 
+def test_a_fully_locked_tower_runs_in_eval_mode_inside_a_training_model():
+    tower = EfficientNetLite0Tower(pretrained=False)
+    tower.requires_grad_(False)
+    tower.train()  # a fully locked tower once recursed into its own train() here
+    assert not any(module.training for module in tower.net.modules()) and tower.training
+    tower.eval()
+    assert not tower.training
+
+
 @pytest.fixture(scope="module")
 def lit_clip():
     """configs/clip/effnet_minilm.yaml's CLIP: EfficientNet-Lite0 + MiniLM, both pretrained."""
