@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from mmtool.config import load_config
-from mmtool.data.images import AugmentConfig
+from mmtool.data.images import AugmentConfig, eval_transform, load_image
 from mmtool.data.indexed import IndexedSet, compose_batches, group_indices, make_indexed_loader
 from mmtool.data.loader import resolve_shards
 from mmtool.data.sample_format import encode_sample
 from mmtool.data.shards import SplitWriter, write_meta
 from mmtool.errors import MmtoolError
 from stage1_clip.config import ClipConfig
-from stage1_clip.hard_negatives import check_config, mine_negatives
+from stage1_clip.hard_negatives import HardNegatives, check_config, mine_negatives
+from stage1_clip.model import CLIP
+from tests.dist_utils import run_on_ranks
 from tests.test_data_loader import png
 from tests.test_train_e2e import pretrain, train_losses
 
@@ -145,3 +147,46 @@ def test_knn_batches_with_mined_captions_train_and_resume_exactly(emoji_shards, 
     assert sorted(got) == [4, 5, 6]
     for step in (4, 5, 6):
         assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+
+
+def word_tokenizer(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic stand-in for the sentencepiece tokenizer: a word's id is a stable hash; 3 ends the text."""
+    ids = torch.zeros(len(texts), length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        words = [4 + sum(map(ord, w)) % 60 for w in text.split()][:length - 1] + [3]
+        ids[row, :len(words)] = torch.tensor(words)
+    return ids, (ids > 0).long()
+
+
+TINY_MODEL = ["model.embed_dim=8", "model.vision.image_size=16", "model.vision.width=16", "model.vision.layers=1",
+              "model.vision.heads=2", "model.text.width=16", "model.text.layers=1", "model.text.heads=2",
+              "model.text.context_length=8"]
+
+
+def _refresh_on_rank(rank: int, world: int, shards: list[str], out_dir: str) -> None:
+    cfg = load_config(ClipConfig, "configs/clip/tiny_vit.yaml", [*TINY_MODEL, "data.batch_size=4", "data.workers=0",
+                                                                  "data.batch_composition=knn", "loss.mined_negatives=2"])
+    torch.manual_seed(0)
+    model = CLIP(cfg.model, cfg.loss, vocab_size=64)
+    mining = HardNegatives.from_config(cfg, shards, word_tokenizer, batches_per_epoch=4)
+    mining.refresh(model, step=0, epoch=0, position=0)
+    keys = [b["key"] for b in mining.loader(0, 0, AugmentConfig())]
+    torch.save({"state": mining.state(), "keys": keys, "embeddings": mining.embed(model)},
+               f"{out_dir}/rank{rank}.pt")
+
+
+def test_two_ranks_share_one_plan_and_get_different_batches(shards, tmp_path):
+    run_on_ranks(_refresh_on_rank, 2, shards, str(tmp_path))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert ranks[0]["state"] == ranks[1]["state"]
+    assert len(ranks[0]["keys"]) == len(ranks[1]["keys"]) == 4
+    seen = [k for r in ranks for batch in r["keys"] for k in batch]
+    assert len(seen) == len(set(seen)) == 32
+    # the slices each rank embedded come back in sample order: equal to one process embedding everything
+    cfg = load_config(ClipConfig, "configs/clip/tiny_vit.yaml", TINY_MODEL)
+    torch.manual_seed(0)
+    model = CLIP(cfg.model, cfg.loss, vocab_size=64).eval()
+    indexed = IndexedSet(shards, 1000, "test")
+    with torch.no_grad():
+        images = model.encode_image(torch.stack([eval_transform(load_image(s.image), 16) for s in indexed.samples]))
+    torch.testing.assert_close(ranks[0]["embeddings"][0], images, rtol=1e-5, atol=1e-6)
