@@ -117,11 +117,10 @@ def test_image_features_replace_placeholders_and_loss_counts_answers_only(tiny_v
 def test_align_trains_only_the_projector_and_the_checkpoint_reloads(emoji_shards, tmp_path):
     clip_path, llm_dir = save_tiny_clip(tmp_path / "clip.pt"), save_tiny_llm(tmp_path / "llm")
     out = tmp_path / "run"
-    mmtool("align", "--vision", clip_path, "--llm", llm_dir, "--out", out,
-           *[arg for item in [f"data.train={emoji_shards}/train-*.tar", f"data.val={emoji_shards}/val-*.tar",
-                              "data.batch_size=8", "data.val_samples=24", "train.max_steps=20", "train.lr=1e-2",
-                              "train.warmup_steps=2", "train.log_every=1", "train.deepspeed=configs/deepspeed/fp32.json"]
-             for arg in ("--set", item)])
+    sets = [f"data.train={emoji_shards}/train-*.tar", f"data.val={emoji_shards}/val-*.tar", "data.batch_size=8",
+            "data.val_samples=24", "train.max_steps=20", "train.lr=1e-2", "train.warmup_steps=2", "train.log_every=1",
+            "train.deepspeed=configs/deepspeed/fp32.json"]
+    mmtool("align", "--vision", clip_path, "--llm", llm_dir, "--out", out, *[a for s in sets for a in ("--set", s)])
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
     # A random frozen LLM leaves the projector little to work with (test_align_smollm2 checks real learning).
