@@ -100,12 +100,17 @@ class TrainEngine:
         self.engine.train(mode)
 
     def save_state(self, directory: Path, tag: str, client_state: dict) -> None:
-        """DeepSpeed's full training state (weights, optimizer, scheduler) for exact resume."""
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+        """DeepSpeed's training state (trained weights, optimizer, scheduler) for exact resume.
+
+        Frozen weights are left out: they never change, the model is rebuilt with them before loading, and a
+        frozen LLM would otherwise make every state hundreds of MB (540 MB with SmolLM2-135M)."""
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
+                                    exclude_frozen_parameters=True)
 
     def load_state(self, directory: Path) -> dict:
         """Loads the latest state under `directory`; returns the client state saved with it."""
-        path, client_state = self.engine.load_checkpoint(str(directory))
+        # Not strict: the frozen weights are absent from the state by design (see save_state).
+        path, client_state = self.engine.load_checkpoint(str(directory), load_module_strict=False)
         if path is None:
             raise MmtoolError(f"--resume: no DeepSpeed checkpoint under {directory}")
         return client_state

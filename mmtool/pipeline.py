@@ -37,7 +37,7 @@ class AlignSpec(StageSpec):
 
 @dataclass
 class EvalSpec:
-    llava_samples: int = 200  # held-out conversations answered per split (greedy generation is the slow part)
+    llava_samples: int = 100  # held-out conversations answered per split (greedy generation is the slow part)
     max_new_tokens: int = 24
 
 

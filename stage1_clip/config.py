@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 
 from mmtool.data.augment import StyleAugment
 from mmtool.optim import ParamGroupRule
+from mmtool.train_config import TrainSettings
 
 
 @dataclass
@@ -94,27 +95,18 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainSettings):
     epochs: int = 10
-    max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
     # Micro-batches per optimizer step: every sample of the effective batch (data.batch_size x accum_steps x
     # ranks) is contrasted with every other, through gradient caching (stage1_clip/grad_cache.py).
     accum_steps: int = 1
     lr: float = 5e-4
-    min_lr_ratio: float = 0.0
     warmup_steps: int = 100
     weight_decay: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
-    grad_clip: float = 1.0
-    seed: int = 0
     deepspeed: str = "configs/deepspeed/fp32.json"
-    param_groups: list[ParamGroupRule] = field(default_factory=list)
-    log_every: int = 10
-    eval_every: int = 0  # steps; 0 = at the end of each epoch only
-    save_every: int = 0  # steps; 0 = at the end of each epoch only
-    keep_states: int = 2  # DeepSpeed training states kept for --resume (older ones are deleted)
-    threads: int | None = None  # torch intra-op threads on CPU
+    keep_states: int = 2
     # torch AdamW kernel: fused (one pass over all tensors), foreach (batched ops) or loop (one tensor at a time).
     optimizer_kernel: str = "fused"
     compile: bool = False  # torch.compile both towers (the first steps pay for compilation)

@@ -1,6 +1,5 @@
 """The stage-1 training loop: contrastive pretraining of the CLIP towers on webdataset shards."""
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from mmtool.data.loader import make_eval_set, make_train_loader, resolve_shards,
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog
+from mmtool.train_state import load_latest_state, save_rotating_state
 from stage1_clip.bundle import save_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
@@ -23,7 +23,6 @@ from stage1_clip.tiled_loss import build_tiled_loss
 from stage1_clip.model import CLIP
 from stage1_clip.tokenizer_setup import prepare_tokenizer
 
-STATE_DIR = "state"  # DeepSpeed training states under --out, for --resume
 
 
 def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
@@ -65,7 +64,7 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     mining = HardNegatives.from_config(cfg, train_urls, tokenizer, steps_per_epoch * accum)
     progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     if resume:
-        client_state = engine.load_state(out / STATE_DIR)
+        client_state = load_latest_state(engine, out)
         progress.update(client_state["progress"])
         if mining:
             mining.load_state(client_state.get("hard_negatives"))
@@ -78,7 +77,9 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     def checkpoint() -> None:
         nonlocal saved_at
         if saved_at != progress["step"]:
-            save_state(engine, out, progress, cfg.train.keep_states, mining.state() if mining else None)
+            save_rotating_state(engine, out, progress["step"],
+                                {"progress": dict(progress), "hard_negatives": mining.state() if mining else None},
+                                cfg.train.keep_states)
             saved_at = progress["step"]
 
     def run_eval() -> dict:
@@ -182,18 +183,6 @@ def train_step(engine: TrainEngine, loss_fn, micro_batches: list[tuple]) -> tupl
         engine.step()
         logit_scale = outputs["logit_scale"]
     return loss, 1.0 / logit_scale.item()
-
-
-def save_state(engine: TrainEngine, out: Path, progress: dict, keep: int, hard_negatives: dict | None) -> None:
-    """Writes a resumable state tagged by step, then drops all but the newest `keep` tags."""
-    state_dir = out / STATE_DIR
-    engine.save_state(state_dir, f"step{progress['step']}",
-                      {"progress": dict(progress), "hard_negatives": hard_negatives})
-    distributed.barrier()
-    if distributed.is_main():
-        tags = sorted((p for p in state_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def format_metrics(step: int, metrics: dict) -> str:

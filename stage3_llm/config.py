@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 from mmtool.optim import ParamGroupRule
+from mmtool.train_config import TrainSettings
 
 
 @dataclass
@@ -35,28 +36,13 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
-    epochs: int = 1
-    max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
-    accum_steps: int = 1
+class TrainConfig(TrainSettings):
     lr: float = 2e-4
-    min_lr_ratio: float = 0.0
     warmup_steps: int = 10
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    seed: int = 0
-    deepspeed: str = "configs/deepspeed/zero2_bf16.json"
     # LoRA weights and the projector learn; the image tower and the LLM's own weights are frozen by lr 0.
     param_groups: list[ParamGroupRule] = field(default_factory=lambda: [
         ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"\.lora_"),
         ParamGroupRule(pattern=r"^llm\.", lr=0.0)])
-    log_every: int = 10
-    eval_every: int = 0  # steps; 0 = at the end of each epoch only
-    save_every: int = 0  # steps; 0 = at the end of each epoch only
-    keep_states: int = 1  # DeepSpeed training states kept for --resume
-    threads: int | None = None  # torch intra-op threads on CPU
 
 
 @dataclass

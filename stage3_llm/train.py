@@ -1,6 +1,5 @@
 """The stage-3 loop: instruction-tune an aligned model on LLaVA conversations (LoRA + projector, or full)."""
 import json
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -15,12 +14,12 @@ from mmtool.data.images import eval_transform
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog
+from mmtool.train_state import load_latest_state, save_rotating_state
 from stage2_projector.bundle import MODEL_FILE, VlmBundle, resolve_model_file
 from stage3_llm.bundle import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 
-STATE_DIR = "state"  # DeepSpeed training states under --out, for --resume
 
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
@@ -97,7 +96,7 @@ def train_loop(cfg: FinetuneConfig, out: Path, bundle: VlmBundle, record: dict, 
     collate = partial(collate_conversations, pad_id=bundle.tokenizer.pad_token_id)
     progress = {"step": 0, "epoch": 0, "batch_in_epoch": 0}
     if resume:
-        progress.update(engine.load_state(out / STATE_DIR)["progress"])
+        progress.update(load_latest_state(engine, out)["progress"])
     if distributed.is_main():
         (out / "config.json").write_text(json.dumps({**to_dict(cfg), "base_sha256": record["finetune"]["base_sha256"]},
                                                     indent=2))
@@ -120,7 +119,7 @@ def train_loop(cfg: FinetuneConfig, out: Path, bundle: VlmBundle, record: dict, 
     def checkpoint() -> None:
         nonlocal saved_at
         if saved_at != progress["step"]:
-            save_state(engine, out, progress, cfg.train.keep_states)
+            save_rotating_state(engine, out, progress["step"], {"progress": dict(progress)}, cfg.train.keep_states)
             saved_at = progress["step"]
 
     metrics, evaluated_at, saved_at, shown = {}, None, None, {}
@@ -210,12 +209,3 @@ def answer_loss(engine: TrainEngine, dataset, collate, batch_size: int) -> dict:
     return {"answer_loss": loss_sum / max(tokens, 1), "answer_tokens": tokens, "conversations": len(dataset)}
 
 
-def save_state(engine: TrainEngine, out: Path, progress: dict, keep: int) -> None:
-    """A resumable DeepSpeed state tagged by step; all but the newest `keep` are dropped."""
-    state_dir = out / STATE_DIR
-    engine.save_state(state_dir, f"step{progress['step']}", {"progress": dict(progress)})
-    distributed.barrier()
-    if distributed.is_main():
-        tags = sorted((p for p in state_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)

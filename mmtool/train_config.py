@@ -1,0 +1,30 @@
+"""The `train:` config section every stage shares: schedule, AdamW, DeepSpeed config, logging, saving.
+
+Each stage subclasses it, changing defaults (a stage's usual lr, what it freezes) and adding its own switches.
+"""
+from dataclasses import dataclass, field
+
+from mmtool.optim import ParamGroupRule
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1
+    max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
+    accum_steps: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    deepspeed: str = "configs/deepspeed/zero2_bf16.json"
+    # Per-parameter lr / weight decay by name regex, first match wins; lr 0 freezes (mmtool/optim.py).
+    param_groups: list[ParamGroupRule] = field(default_factory=list)
+    log_every: int = 10
+    eval_every: int = 0  # steps; 0 = at the end of each epoch only
+    save_every: int = 0  # steps; 0 = at the end of each epoch only
+    keep_states: int = 1  # DeepSpeed training states kept for --resume (older ones are deleted)
+    threads: int | None = None  # torch intra-op threads on CPU
