@@ -124,9 +124,42 @@ def serve(
         server.server_close()
 
 
+def ask(
+    index: Annotated[Path, typer.Argument(help="An index folder from `mmtool index build`")],
+    question: Annotated[str, typer.Argument(help="Finds the best image for it, then answers it about that image")],
+    model: Annotated[Path, typer.Option(help="An aligned or finetuned vlm.pt, or the run folder holding it")],
+    k: Annotated[int, typer.Option("-k", help="Also list the next best images (the answer uses the first)")] = 1,
+    llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (answer, image used, candidates)")] = False,
+):
+    """Multimodal RAG: retrieve the image that best matches the question, answer about it (streamed), cite it."""
+    from mmtool.index import ImageIndex
+    from mmtool.index.ask import ask as answer_from_index
+    from stage3_llm.bundle import load_finetuned
+
+    image_index = ImageIndex.open(index)
+    if not model.exists():
+        raise MmtoolError(f"--model {model}: not found")
+    stream = None if as_json else (lambda text: print(text, end="", flush=True))
+    result = answer_from_index(image_index, load_finetuned(model, llm), question, k, max_new_tokens, temperature,
+                               on_text=stream)
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    used = result["image"]
+    print(f"\nimage: {used['path']}" + (f"  ({used['caption']})" if used["caption"] else "")
+          + f"  score {used['score']:.4f}" + ("  [thumbnail]" if used["image_source"] == "thumbnail" else ""))
+    for hit in result["candidates"][1:]:
+        print(f"  {hit['rank']:>3}  {hit['score']:7.4f}  {hit['path']}" + (f"  ({hit['caption']})" if hit["caption"]
+                                                                               else ""))
+
+
 def add_retrieval_commands(app: typer.Typer) -> None:
     app.command("export-vision")(export_vision)
     app.command("export-clip")(export_clip)
     app.add_typer(index_app, name="index")
     app.command("search")(search)
     app.command("serve")(serve)
+    app.command("ask")(ask)
