@@ -43,6 +43,8 @@ def test_ask_answers_about_the_top_hit_and_cites_it(tmp_path):
     assert result["image"]["path"] == top.path and result["image"]["image_source"] == "original"
     assert [hit["path"] for hit in result["candidates"]] == [hit.path for hit in expected_hits]
     assert result["answer"] == greedy_answer(bundle, (images / top.path.rsplit("/", 1)[1]).read_bytes(), question)
+    second = (images / expected_hits[1].path.rsplit("/", 1)[1]).read_bytes()
+    assert result["answer"] != greedy_answer(bundle, second, question)  # the answer does depend on the image
 
     printed = CliRunner().invoke(app, ["ask", str(tmp_path / "index"), question, "--model", str(tmp_path / "vlm.pt"),
                                        "--max-new-tokens", "8", "-k", "2"])
