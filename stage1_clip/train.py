@@ -12,6 +12,7 @@ from mmtool.data.loader import make_eval_set, make_train_loader, resolve_shards,
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog
+from mmtool.train_cadence import Cadence
 from mmtool.train_state import load_latest_state, save_rotating_state
 from stage1_clip.bundle import save_clip
 from stage1_clip.config import ClipConfig
@@ -75,27 +76,23 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
                 f"{samples} samples x {world} rank(s): {steps_per_epoch} steps/epoch, {total_steps} steps")
 
     def checkpoint() -> None:
-        nonlocal saved_at
-        if saved_at != progress["step"]:
-            save_rotating_state(engine, out, progress["step"],
-                                {"progress": dict(progress), "hard_negatives": mining.state() if mining else None},
-                                cfg.train.keep_states)
-            saved_at = progress["step"]
+        save_rotating_state(engine, out, progress["step"],
+                            {"progress": dict(progress), "hard_negatives": mining.state() if mining else None},
+                            cfg.train.keep_states)
 
     def run_eval() -> dict:
         if eval_set is None:
             return {}
-        nonlocal evaluated_at
         metrics = evaluate_clip(engine.module, lambda texts: tokenizer(texts, cfg.model.text.context_length),
                                 eval_set, cfg.eval.templates, cfg.eval.batch_size)
-        evaluated_at = progress["step"]
         log.write(progress["step"], "val", metrics)
         log.message(format_metrics(progress["step"], metrics))
         return metrics
 
     augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale),
                             style=cfg.data.augment)
-    metrics, evaluated_at, saved_at, shown = {}, None, None, {}
+    cadence = Cadence(cfg.train.save_every, cfg.train.eval_every, checkpoint, run_eval)
+    shown = {}
     skipped_total, window_start, window_samples = 0, time.perf_counter(), 0
 
     def refresh_hard_negatives() -> bool:
@@ -143,23 +140,15 @@ def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
                          "samples/s": stats["samples_per_s"]}
                 window_start, window_samples = time.perf_counter(), 0
             log.progress(1, **shown)
-            if cfg.train.save_every and progress["step"] % cfg.train.save_every == 0:
-                checkpoint()
-            if cfg.train.eval_every and progress["step"] % cfg.train.eval_every == 0:
-                metrics = run_eval()
+            cadence.after_step(progress["step"])
             if progress["step"] >= total_steps or restart_loader:
                 break
         else:
             progress["epoch"] += 1
             progress["batch_in_epoch"] = 0
-            if not cfg.train.save_every:
-                checkpoint()
-            if not cfg.train.eval_every:
-                metrics = run_eval()
+            cadence.after_epoch(progress["step"])
 
-    if evaluated_at != progress["step"]:
-        metrics = run_eval()
-    checkpoint()
+    metrics = cadence.finish(progress["step"])
     state_dict = engine.full_state_dict()
     if distributed.is_main():
         save_clip(out / "clip.pt", cfg, state_dict, tokenizer, engine.module)

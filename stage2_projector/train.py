@@ -12,6 +12,7 @@ from mmtool.data.loader import make_eval_set, make_train_loader, resolve_shards,
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog
+from mmtool.train_cadence import Cadence
 from mmtool.train_state import load_latest_state, save_rotating_state
 from stage2_projector.bundle import MODEL_FILE, VlmBundle, build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
@@ -68,28 +69,24 @@ def align(cfg: AlignConfig, out: Path, resume: bool = False, bundle: VlmBundle |
                 f"{steps_per_epoch} steps/epoch, {total_steps} steps")
 
     def run_eval() -> dict:
-        nonlocal evaluated_at
         if val_set is None:
             return {}
         engine.train(False)
         metrics = evaluate_answer_loss(engine, val_set, encode, cfg.data.batch_size, engine.param_dtype)
         engine.train(True)
-        evaluated_at = progress["step"]
         log.write(progress["step"], "val", metrics)
         log.message(f"[val step {progress['step']}] " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics
 
     def checkpoint() -> None:
-        nonlocal saved_at
-        if saved_at != progress["step"]:
-            save_rotating_state(engine, out, progress["step"], {"progress": dict(progress)}, cfg.train.keep_states)
-            saved_at = progress["step"]
+        save_rotating_state(engine, out, progress["step"], {"progress": dict(progress)}, cfg.train.keep_states)
 
     augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
-    metrics, evaluated_at, saved_at, shown = {}, None, None, {}
+    cadence = Cadence(cfg.train.save_every, cfg.train.eval_every, checkpoint, run_eval)
+    shown = {}
     window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
     if cfg.train.eval_at_start and progress["step"] == 0:
-        metrics = run_eval()
+        cadence.evaluate(progress["step"])
     engine.train()
     while progress["step"] < total_steps:
         loader = make_train_loader(
@@ -117,23 +114,15 @@ def align(cfg: AlignConfig, out: Path, resume: bool = False, bundle: VlmBundle |
                 shown = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": stats["samples_per_s"]}
                 window_start, window_samples, window_tokens = time.perf_counter(), 0, 0
             log.progress(1, **shown)
-            if cfg.train.save_every and progress["step"] % cfg.train.save_every == 0:
-                checkpoint()
-            if cfg.train.eval_every and progress["step"] % cfg.train.eval_every == 0:
-                metrics = run_eval()
+            cadence.after_step(progress["step"])
             if progress["step"] >= total_steps:
                 break
         else:
             progress["epoch"] += 1
             progress["batch_in_epoch"] = 0
-            if not cfg.train.save_every:
-                checkpoint()
-            if not cfg.train.eval_every:
-                metrics = run_eval()
+            cadence.after_epoch(progress["step"])
 
-    if evaluated_at != progress["step"]:
-        metrics = run_eval()
-    checkpoint()
+    metrics = cadence.finish(progress["step"])
     state_dict = engine.full_state_dict()  # every rank takes part: ZeRO-3 gathers the partitions
     if distributed.is_main():
         save_vlm(out / MODEL_FILE, bundle.record, state_dict)

@@ -14,6 +14,7 @@ from mmtool.data.images import eval_transform
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog
+from mmtool.train_cadence import Cadence
 from mmtool.train_state import load_latest_state, save_rotating_state
 from stage2_projector.bundle import MODEL_FILE, VlmBundle, resolve_model_file
 from stage3_llm.bundle import add_lora, load_finetuned, save_finetuned
@@ -107,24 +108,20 @@ def train_loop(cfg: FinetuneConfig, out: Path, bundle: VlmBundle, record: dict, 
                 f"{total_steps} steps")
 
     def run_eval() -> dict:
-        nonlocal evaluated_at
         if val_set is None:
             return {}
         metrics = answer_loss(engine, val_set, collate, cfg.data.batch_size)
-        evaluated_at = progress["step"]
         log.write(progress["step"], "val", metrics)
         log.message(f"[eval step {progress['step']}] " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return metrics
 
     def checkpoint() -> None:
-        nonlocal saved_at
-        if saved_at != progress["step"]:
-            save_rotating_state(engine, out, progress["step"], {"progress": dict(progress)}, cfg.train.keep_states)
-            saved_at = progress["step"]
+        save_rotating_state(engine, out, progress["step"], {"progress": dict(progress)}, cfg.train.keep_states)
 
-    metrics, evaluated_at, saved_at, shown = {}, None, None, {}
+    cadence = Cadence(cfg.train.save_every, cfg.train.eval_every, checkpoint, run_eval)
+    shown = {}
     if progress["step"] == 0:
-        run_eval()  # the loss before any update, for the record
+        cadence.evaluate(progress["step"])  # the loss before any update, for the record
     window_start, window_samples = time.perf_counter(), 0
     engine.train()
     while progress["step"] < total_steps:
@@ -152,23 +149,15 @@ def train_loop(cfg: FinetuneConfig, out: Path, bundle: VlmBundle, record: dict, 
                 shown = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": stats["samples_per_s"]}
                 window_start, window_samples = time.perf_counter(), 0
             log.progress(1, **shown)
-            if cfg.train.save_every and progress["step"] % cfg.train.save_every == 0:
-                checkpoint()
-            if cfg.train.eval_every and progress["step"] % cfg.train.eval_every == 0:
-                metrics = run_eval()
+            cadence.after_step(progress["step"])
             if progress["step"] >= total_steps:
                 break
         else:
             progress["epoch"] += 1
             progress["batch_in_epoch"] = 0
-            if not cfg.train.save_every:
-                checkpoint()
-            if not cfg.train.eval_every:
-                metrics = run_eval()
+            cadence.after_epoch(progress["step"])
 
-    if evaluated_at != progress["step"]:
-        metrics = run_eval()
-    checkpoint()
+    metrics = cadence.finish(progress["step"])
     state_dict = engine.full_state_dict()  # every rank takes part: ZeRO-3 gathers the partitions
     if distributed.is_main():
         save_finetuned(out, record, state_dict, bundle.model.llm, cfg.model.lora.enabled)
