@@ -2,18 +2,16 @@
 original file while it holds the indexed bytes, from the thumbnail once it is gone; the CLI cites the image."""
 import json
 
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from mmtool.cli import app
 from mmtool.index import ImageIndex
 from mmtool.index.ask import ask
-from stage2_projector.bundle import build_vlm, load_vlm, save_vlm
-from stage2_projector.config import AlignConfig, ModelConfig
+from stage2_projector.bundle import load_vlm
 from stage3_llm.generate import generate
 from tests.test_train_e2e import mmtool
-from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
+from tests.tiny_vlm import save_tiny_vlm
 
 COLOURS = [(250, 200, 30), (200, 30, 30), (30, 160, 60), (20, 40, 220), (240, 240, 240)]
 
@@ -25,11 +23,8 @@ def greedy_answer(bundle, image_bytes: bytes, question: str) -> str:
 
 
 def test_ask_answers_about_the_top_hit_and_cites_it(tmp_path):
-    clip_path, llm_dir = save_tiny_clip(tmp_path / "clip.pt"), save_tiny_llm(tmp_path / "llm")
-    torch.manual_seed(0)
-    fresh = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), llm=str(llm_dir))), clip_path)
-    save_vlm(tmp_path / "vlm.pt", fresh.record, fresh.model.state_dict())
-    bundle = load_vlm(tmp_path / "vlm.pt")
+    bundle = load_vlm(save_tiny_vlm(tmp_path))
+    clip_path = tmp_path / "clip.pt"
     images = tmp_path / "images"
     images.mkdir()
     for i, colour in enumerate(COLOURS):

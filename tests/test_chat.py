@@ -4,19 +4,14 @@ import io
 import torch
 from PIL import Image
 
-from stage2_projector.bundle import build_vlm, load_vlm, save_vlm
-from stage2_projector.config import AlignConfig, ModelConfig
+from stage2_projector.bundle import load_vlm
 from stage3_llm.generate import generate, prompt_ids
 from tests.test_train_e2e import mmtool
-from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
+from tests.tiny_vlm import save_tiny_vlm
 
 
 def test_streamed_greedy_generation_equals_a_naive_loop_and_the_cli(tmp_path):
-    clip_path, llm_dir = save_tiny_clip(tmp_path / "clip.pt"), save_tiny_llm(tmp_path / "llm")
-    torch.manual_seed(0)
-    fresh = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), llm=str(llm_dir))), clip_path)
-    save_vlm(tmp_path / "vlm.pt", fresh.record, fresh.model.state_dict())
-    bundle = load_vlm(tmp_path / "vlm.pt")
+    bundle = load_vlm(save_tiny_vlm(tmp_path))
     image_file = tmp_path / "face.png"
     Image.new("RGB", (40, 36), (250, 200, 30)).save(image_file)
     image = bundle.preprocess(image_file.read_bytes())

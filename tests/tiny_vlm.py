@@ -58,3 +58,15 @@ def save_tiny_llm(folder: Path, corpus: list[str] = CORPUS, seed: int = 0) -> Pa
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_vlm(folder: Path) -> Path:
+    """An untrained aligned checkpoint folder/vlm.pt on a tiny ViT CLIP (folder/clip.pt) and tiny Llama (folder/llm)."""
+    from stage2_projector.bundle import build_vlm, save_vlm
+    from stage2_projector.config import AlignConfig, ModelConfig
+
+    clip_path, llm_dir = save_tiny_clip(folder / "clip.pt"), save_tiny_llm(folder / "llm")
+    torch.manual_seed(0)
+    fresh = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), llm=str(llm_dir))), clip_path)
+    save_vlm(folder / "vlm.pt", fresh.record, fresh.model.state_dict())
+    return folder / "vlm.pt"
