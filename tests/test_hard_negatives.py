@@ -1,5 +1,4 @@
 """Hard negatives: in-memory batch composition (same label, clusters), mined captions, no positive leaks, resume."""
-import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from stage1_clip.hard_negatives import HardNegatives, check_config, mine_negativ
 from stage1_clip.model import CLIP
 from tests.dist_utils import run_on_ranks
 from tests.test_data_loader import png
-from tests.test_train_e2e import pretrain, train_losses
+from tests.test_train_e2e import assert_resume_from_step3_matches, pretrain
 
 SAMPLES = 40
 
@@ -137,16 +136,7 @@ def test_knn_batches_with_mined_captions_train_and_resume_exactly(emoji_shards, 
     full = tmp_path / "full"
     result = pretrain(emoji_shards, full, *common)
     assert result.stderr.count("hard negatives refreshed") + result.stdout.count("hard negatives refreshed") == 3
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full, resumed)
-    shutil.rmtree(resumed / "state" / "step6")
-    (resumed / "state" / "latest").write_text("step3")
-    (resumed / "metrics.jsonl").write_text("")
-    pretrain(emoji_shards, resumed, *common, resume=True)
-    expected, got = train_losses(full), train_losses(resumed)
-    assert sorted(got) == [4, 5, 6]
-    for step in (4, 5, 6):
-        assert got[step] == pytest.approx(expected[step], rel=1e-6), step
+    assert_resume_from_step3_matches(emoji_shards, full, tmp_path / "resumed", common)
 
 
 def word_tokenizer(texts: list[str], length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -74,12 +74,17 @@ def test_resume_continues_with_the_same_losses(emoji_shards, tmp_path):
               "data.val=null"]
     full = tmp_path / "full"
     pretrain(emoji_shards, full, *common)
-    resumed = tmp_path / "resumed"
+    assert_resume_from_step3_matches(emoji_shards, full, tmp_path / "resumed", common)
+
+
+def assert_resume_from_step3_matches(shards: Path, full: Path, resumed: Path, overrides: list[str]) -> None:
+    """Rewinds a copy of a finished 6-step run (states saved at 3 and 6) to step 3 and resumes it: steps 4-6 must
+    repeat the uninterrupted run's losses."""
     shutil.copytree(full, resumed)
     shutil.rmtree(resumed / "state" / "step6")
     (resumed / "state" / "latest").write_text("step3")
     (resumed / "metrics.jsonl").write_text("")
-    pretrain(emoji_shards, resumed, *common, resume=True)
+    pretrain(shards, resumed, *overrides, resume=True)
     expected, got = train_losses(full), train_losses(resumed)
     assert sorted(got) == [4, 5, 6]
     for step in (4, 5, 6):
