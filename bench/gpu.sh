@@ -29,5 +29,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
-"$PYTHON" bench/gpu_bench.py --json "runs/gpu_bench/$stamp.json" "$@" 2>&1 | tee "runs/gpu_bench/$stamp.log"
-if [ -n "${OUT:-}" ]; then cp "runs/gpu_bench/$stamp.log" "runs/gpu_bench/$stamp.json" "$OUT/"; fi
+# The log goes to $OUT as it is written, so a run cut off by the device tool's limit still returns its rows.
+"$PYTHON" bench/gpu_bench.py --json "runs/gpu_bench/$stamp.json" "$@" 2>&1 \
+    | tee "runs/gpu_bench/$stamp.log" ${OUT:+"$OUT/$stamp.log"}
+if [ -n "${OUT:-}" ]; then cp "runs/gpu_bench/$stamp.json" "$OUT/"; fi
