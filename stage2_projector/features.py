@@ -51,7 +51,7 @@ class PatchFeatures(nn.Module):
     def _efficientnet_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The package's extract_features, keeping every stage's output (drop-connect as it does in training)."""
         tower, net = self.tower, self.tower.net
-        x = images.to(tower.input_scale.dtype) * tower.input_scale + tower.input_shift  # Lite normalisation
+        x = tower.lite_input(images)  # [B, 3, H, W]
         x = net._swish(net._bn0(net._conv_stem(x)))
         maps = [x]
         rate = net._global_params.drop_connect_rate

@@ -74,7 +74,8 @@ def test_input_affine_maps_clip_normalisation_to_lite_normalisation(effnet):
     lite = (pixels - 127 / 255) / (128 / 255)  # TF's (pixel - 127) / 128
     affine = clip_normalise(pixels) * effnet.input_scale + effnet.input_shift
     torch.testing.assert_close(affine, lite, rtol=0, atol=2e-6)
-    with torch.no_grad():
+    assert effnet.lite_input(clip_normalise(pixels)).is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():  # the tower's channels-last path gives the package's NCHW result
         expected = effnet.net.extract_features(lite).mean(dim=(2, 3))  # [2, 1280]
         torch.testing.assert_close(effnet(clip_normalise(pixels)), expected, rtol=1e-4, atol=1e-4)
 
