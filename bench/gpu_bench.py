@@ -7,6 +7,7 @@
 Synthetic tensors (random pixels, random token ids) isolate the step from data loading. Every variant is bf16
 autocast over fp32 weights with AdamW and gradient clipping at 1.0:
   zero2, zero2+compile      mmtool's engine (DeepSpeed ZeRO-2, one process); +compile = train.compile
+  zero0, zero0+compile      the same engine with ZeRO stage 0 (plain data parallelism): what one GPU needs
   torch, torch+compile      the same model and loss in a plain torch loop (fused AdamW): the fallback when
                             DeepSpeed is not importable, and the reference for DeepSpeed's overhead
   open_clip, open_clip+compile   open_clip's CLIP and ClipLoss with the same architecture, when importable
@@ -18,6 +19,7 @@ timing a large bf16 matmul (the card's achievable dense rate, below its datashee
 """
 import argparse
 import datetime
+import functools
 import gc
 import json
 import sys
@@ -36,7 +38,8 @@ OPENAI_VOCAB = 49_408
 SMOKE_OVERRIDES = ["model.embed_dim=16", "model.vision.image_size=32", "model.vision.patch_size=16",
                    "model.vision.width=32", "model.vision.layers=1", "model.vision.heads=2",
                    "model.text.context_length=16", "model.text.width=32", "model.text.layers=1", "model.text.heads=2"]
-ALL_VARIANTS = ["zero2", "zero2+compile", "torch", "torch+compile", "open_clip", "open_clip+compile"]
+ALL_VARIANTS = ["zero2", "zero2+compile", "zero0", "zero0+compile", "torch", "torch+compile",
+                "open_clip", "open_clip+compile"]
 
 
 def importable(name: str) -> bool:
@@ -125,13 +128,14 @@ def torch_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compil
     return step
 
 
-def zero2_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compile_backend: str | None):
-    """mmtool's engine, as `mmtool pretrain-clip` builds it, with ZeRO-2 + bf16 autocast."""
+def engine_step_fn(zero_config: str, clip_cfg, vocab: int, batch: int, device: torch.device,
+                   compile_backend: str | None):
+    """mmtool's engine, as `mmtool pretrain-clip` builds it, with the given ZeRO stage + bf16 autocast."""
     from mmtool.engine import OptimSettings, TrainEngine
     from stage1_clip.loss import build_loss
 
     model = mmtool_model(clip_cfg, vocab, compile_backend)
-    engine = TrainEngine(model, ROOT / "configs/deepspeed/zero2_bf16.json", batch, optim=OptimSettings(
+    engine = TrainEngine(model, ROOT / "configs/deepspeed" / zero_config, batch, optim=OptimSettings(
         lr=1e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6, grad_clip=1.0, warmup_steps=1, total_steps=10**6))
     loss_fn = build_loss("clip")
     inputs = tuple(t.to(engine.device) for t in synthetic_batch(clip_cfg.model, vocab, batch, device))
@@ -170,7 +174,9 @@ def open_clip_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, co
 
 def build_step(variant: str, clip_cfg, vocab: int, batch: int, device: torch.device, backend: str):
     kind, _, compiled = variant.partition("+")
-    builder = {"zero2": zero2_step_fn, "torch": torch_step_fn, "open_clip": open_clip_step_fn}[kind]
+    builder = {"zero2": functools.partial(engine_step_fn, "zero2_bf16.json"),
+               "zero0": functools.partial(engine_step_fn, "zero0_bf16.json"),
+               "torch": torch_step_fn, "open_clip": open_clip_step_fn}[kind]
     return builder(clip_cfg, vocab, batch, device, backend if compiled else None)
 
 
@@ -278,7 +284,7 @@ def main() -> None:
         sys.exit("no CUDA device: run with --cpu-smoke to check the script on the CPU")
 
     has_deepspeed, has_open_clip = importable("deepspeed"), importable("open_clip")
-    variants = [v for v in args.variants if (has_deepspeed or not v.startswith("zero2"))
+    variants = [v for v in args.variants if (has_deepspeed or not v.startswith("zero"))
                 and (has_open_clip or not v.startswith("open_clip"))]
     if not has_deepspeed and not any(v.startswith("torch") for v in variants):
         variants = ["torch", "torch+compile", *variants]  # the plain-torch fallback stands in for ZeRO-2
