@@ -72,6 +72,31 @@ def test_skips_up_to_date_steps_and_reruns_what_changed_downstream(tmp_path):
     assert log == ["a", "b", "c"]
 
 
+def test_a_stale_export_folder_is_replaced_but_a_folder_the_pipeline_did_not_write_is_not(tmp_path):
+    folder, config = tmp_path / "export", tmp_path / "stage.yaml"
+    config.write_text("lr: 1\n")
+    steps = [Step("export", ["export"], [folder], configs=[config], replaces=[folder])]
+
+    def export(args):  # like mmtool's exporters: a non-empty --out is refused
+        if folder.exists():
+            raise MmtoolError(f"--out {folder}: already exists and is not empty")
+        folder.mkdir()
+        (folder / "model.safetensors").write_text(config.read_text())
+
+    folder.mkdir()
+    (folder / "mine.txt").write_text("the user's")
+    with pytest.raises(MmtoolError, match="already exists"):
+        run_pipeline(steps, tmp_path / "stamps", runner=export)
+    assert (folder / "mine.txt").read_text() == "the user's"
+
+    (folder / "mine.txt").unlink()
+    folder.rmdir()
+    run_pipeline(steps, tmp_path / "stamps", runner=export)
+    config.write_text("lr: 2\n")  # the step is stale: its own earlier export gives way to the new one
+    assert [r["status"] for r in run_pipeline(steps, tmp_path / "stamps", runner=export)] == ["ran"]
+    assert (folder / "model.safetensors").read_text() == "lr: 2\n"
+
+
 def test_a_failed_step_keeps_earlier_steps_and_is_retried(tmp_path):
     steps, _ = fake_steps(tmp_path)
     stamps, log = tmp_path / "stamps", []
