@@ -60,9 +60,9 @@ class Step:
     configs: list[Path] = field(default_factory=list)  # files whose content is part of the fingerprint
     after: list[str] = field(default_factory=list)  # steps whose results this one reads
     metrics: Path | None = None  # a JSON file with the figures shown in the summary
-    # Output folders the command refuses to write over (the exports): a stale one that this pipeline wrote is
+    # The command refuses to write over its output folder (the exports): a stale one that this pipeline wrote is
     # removed before the step re-runs; one it did not write (no stamp) is left for the command to refuse.
-    replaces: list[Path] = field(default_factory=list)
+    replaces_outputs: bool = False
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
@@ -88,7 +88,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     is_vit = clip_vision_type(cfg.clip) == "vit"
     steps.append(Step("export-vision", ["export-vision", str(clip / "clip.pt"), "--format",
                                         "hf" if is_vit else "safetensors", "--out", str(out / "export" / "vision")],
-                      [out / "export" / "vision"], after=["pretrain-clip"], replaces=[out / "export" / "vision"]))
+                      [out / "export" / "vision"], after=["pretrain-clip"], replaces_outputs=True))
     steps.append(Step("align", ["align", "--vision", str(clip / "clip.pt"), "--llm", cfg.align.llm,
                                 "--config", cfg.align.config, "--out", str(align),
                                 *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
@@ -112,7 +112,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     if is_vit:
         steps.append(Step("export-llava", ["export-llava", "--model", str(llava), "--out",
                                            str(out / "export" / "llava")],
-                          [out / "export" / "llava"], after=["finetune"], replaces=[out / "export" / "llava"]))
+                          [out / "export" / "llava"], after=["finetune"], replaces_outputs=True))
     return steps
 
 
@@ -164,8 +164,8 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
             rows.append({"step": step.name, "status": "to run", "seconds": 0.0, "result": ""})
             continue
         print(f"\n== {step.name}: mmtool {' '.join(step.args)}", flush=True)
-        if recorded:
-            for folder in step.replaces:
+        if recorded and step.replaces_outputs:
+            for folder in step.outputs:
                 shutil.rmtree(folder, ignore_errors=True)
         stamp.unlink(missing_ok=True)  # a step that fails half-way is never taken as done
         started = time.perf_counter()

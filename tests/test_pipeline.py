@@ -75,7 +75,7 @@ def test_skips_up_to_date_steps_and_reruns_what_changed_downstream(tmp_path):
 def test_a_stale_export_folder_is_replaced_but_a_folder_the_pipeline_did_not_write_is_not(tmp_path):
     folder, config = tmp_path / "export", tmp_path / "stage.yaml"
     config.write_text("lr: 1\n")
-    steps = [Step("export", ["export"], [folder], configs=[config], replaces=[folder])]
+    steps = [Step("export", ["export"], [folder], configs=[config], replaces_outputs=True)]
 
     def export(args):  # like mmtool's exporters: a non-empty --out is refused
         if folder.exists():
