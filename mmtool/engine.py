@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from mmtool import distributed
+from mmtool.cpu_features import check_precision
 from mmtool.errors import MmtoolError
 from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
 
@@ -33,9 +34,11 @@ def load_deepspeed_config(path: str | Path) -> dict:
     if not path.is_file():
         raise MmtoolError(f"DeepSpeed config not found: {path}")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise MmtoolError(f"{path}: invalid JSON ({err})") from None
+    check_precision(config, str(path))
+    return config
 
 
 class TrainEngine:
