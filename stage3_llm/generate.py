@@ -1,5 +1,6 @@
 """Answering a question about an image: the prompt in the LLM's chat template, then greedy (or sampled)
-decoding with the KV cache of transformers' generate, text streamed as it is produced."""
+decoding with the KV cache of transformers' generate, text streamed as it is produced; or greedy answers to a
+batch of questions at once (eval-llava), the same tokens as one at a time."""
 from typing import Callable
 
 import torch
@@ -42,3 +43,35 @@ def generate(model, tokenizer, image: torch.Tensor, question: str, num_image_tok
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         streamer=CallbackStreamer(tokenizer, on_text) if on_text else None, **sampling)
     return output[0].tolist()  # from inputs_embeds alone, generate returns only the new tokens
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, images: torch.Tensor, questions: list[str], num_image_tokens: int,
+                   max_new_tokens: int = 64) -> list[list[int]]:
+    """Greedy answers to a batch of (image, question) pairs, the same token ids as `generate` one at a time.
+
+    Prompts are left-padded (so every row's next token comes from its last column) and the attention mask keeps
+    the padding out; transformers derives the positions from that mask and stops once every row has produced the
+    end-of-turn token or max_new_tokens. `images` is [B, 3, S, S] preprocessed; each answer ends at its first
+    end-of-turn token (included, as `generate` returns it).
+    """
+    model.eval()
+    prompts = [prompt_ids(tokenizer, question, num_image_tokens) for question in questions]
+    length = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
+    attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)  # [B, T]
+    for row, ids in enumerate(prompts):
+        input_ids[row, length - len(ids):] = torch.tensor(ids)
+        attention_mask[row, length - len(ids):] = 1
+    # Padding is never the image token, so the features fill each row's placeholders in row order.
+    embeds = model.embed(input_ids, images.to(next(model.vision.parameters()).dtype))  # [B, T, D]
+    output = model.llm.generate(
+        inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        do_sample=False, temperature=None, top_p=None, top_k=None)  # [B, new tokens]
+    return [until_end_of_turn(row.tolist(), tokenizer.eos_token_id) for row in output]
+
+
+def until_end_of_turn(ids: list[int], eos_token_id: int) -> list[int]:
+    """A batch row cut after its first end-of-turn token (what follows is padding)."""
+    return ids[:ids.index(eos_token_id) + 1] if eos_token_id in ids else ids
