@@ -204,24 +204,31 @@ def finetune(
 def eval_llava(
     model: Annotated[Path, typer.Option(help="A finetuned (or aligned) checkpoint: vlm.pt or its run folder")],
     data: Annotated[Path, typer.Option(help="Held-out LLaVA conversations, e.g. data/instruct/val.json")],
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations")] = None,
+    per_task: Annotated[int, typer.Option(help="Conversations per task, a seeded choice (0 = all)")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the per-task choice and of the shuffled images")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations of the file")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Questions answered together (greedy, left-padded)")] = 16,
     image_folder: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder")] = None,
+    blind: Annotated[bool, typer.Option(help="Also answer with a blank and with a shuffled image")] = True,
+    tower: Annotated[bool, typer.Option(help="Also score the stage-1 CLIP tower alone")] = True,
+    vision: Annotated[Optional[Path], typer.Option(help="The stage-1 clip.pt for the tower baseline, instead of "
+                                                        "the path in the model's record")] = None,
+    any_vision: Annotated[bool, typer.Option(help="Accept a --vision file whose sha256 differs from the record")]
+    = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write scores and answers here")] = None,
 ):
-    """Exact-match and contains-answer accuracy of greedy answers to held-out questions, per task."""
-    from stage3_llm.bundle import load_finetuned
-    from stage3_llm.conversations import read_conversations
-    from stage3_llm.evaluate import answer_conversations, format_table, score
+    """Per-task answer accuracy (exact, contains, 95% CI) beside the majority answer, the same model with a blank
+    or shuffled image, and its CLIP tower alone."""
+    from stage3_llm.eval_run import EvalOptions, run_eval
 
-    conversations, source = read_conversations(data, image_folder)
-    bundle = load_finetuned(model)
-    results = answer_conversations(bundle, conversations[:limit], source, max_new_tokens)
-    scores = score(results)
-    print(format_table(scores))
+    options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, blind=blind, tower=tower, vision=vision, any_vision=any_vision)
+    report = run_eval(model, data, image_folder, options)
+    print(report["table"])
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"scores": scores, "answers": results}, indent=2, ensure_ascii=False))
+        json_out.write_text(json.dumps(report["json"], indent=2, ensure_ascii=False))
 
 
 @app.command("export-llava")
@@ -253,6 +260,30 @@ def pipeline(
     runner = (lambda args: print(f"would run: mmtool {' '.join(args)}")) if dry_run else None
     rows = run_pipeline(steps, Path(cfg.out) / "stamps", force=force, runner=runner, record=not dry_run)
     print("\n" + format_summary(rows))
+
+
+@app.command("clip-folds")
+def clip_folds(
+    config: Annotated[Path, typer.Option(help="CLIP recipe, a YAML under configs/clip/")],
+    out: Annotated[Path, typer.Option(help="Folder for one run per fold, the stamps and folds.json")],
+    styles: Annotated[str, typer.Option(help="Held-out styles, one fold each: comma list or all")] = "all",
+    seeds: Annotated[Optional[str], typer.Option(help="Seeds to train on --seed-fold for the spread, e.g. 0,1,2")]
+    = None,
+    seed_fold: Annotated[str, typer.Option(help="The fold the extra seeds run on")] = "twemoji",
+    overrides: SetOption = None,
+    shards: Annotated[Path, typer.Option(help="Fold shards: <style>/ is built once and shared by every recipe")]
+    = Path("data/folds"),
+    existing_shards: Annotated[bool, typer.Option(hidden=True, help="Use SHARDS/<style>/ as they are")] = False,
+):
+    """Leave one drawing style out, for every style: train the recipe, score it on the held-out style; report
+    each fold, the mean, the worst fold and the seed-to-seed spread (OUT/folds.json). Finished folds are skipped."""
+    from mmtool.clip_folds import FoldsSpec, parse_seeds, run_folds
+    from mmtool.data.emoji_styles import parse_styles
+    from mmtool.fold_report import format_report
+
+    spec = FoldsSpec(config, out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
+                     list(overrides or []), shards, build_shards=not existing_shards)
+    print("\n" + format_report(run_folds(spec)))
 
 
 def print_table(metrics: dict) -> None:

@@ -38,8 +38,11 @@ class AlignSpec(StageSpec):
 
 @dataclass
 class EvalSpec:
-    llava_samples: int = 100  # held-out conversations answered per split (greedy generation is the slow part)
+    # eval-llava: conversations per task and split (a seeded choice), each answered three times (its image, a
+    # blank one, a shuffled one): generation is the slow part.
+    per_task: int = 100
     max_new_tokens: int = 24
+    batch_size: int = 16
 
 
 @dataclass
@@ -63,6 +66,9 @@ class Step:
     # The command refuses to write over its output folder (the exports): a stale one that this pipeline wrote is
     # removed before the step re-runs; one it did not write (no stamp) is left for the command to refuse.
     replaces_outputs: bool = False
+    # Where the step records its fingerprint when not in the run's stamps folder: outputs shared by several runs
+    # (shards every recipe reads) keep their stamp beside them, so the first run to build them is the only one.
+    stamps: Path | None = None
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
@@ -101,13 +107,11 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                                    "--config", cfg.finetune.config, "--out", str(llava),
                                    *_sets([f"data.val={instruct / 'val.json'}", *cfg.finetune.set])],
                       [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"]))
-    for split in eval_splits:
-        if split == "heldout_train":
-            continue  # the training concepts in a new style: the CLIP evaluation covers it
+    for split in eval_splits:  # each with its majority, blind and tower baselines
         steps.append(Step(f"eval-llava:{split}",
                           ["eval-llava", "--model", str(llava), "--data", str(instruct / f"{split}.json"),
-                           "--limit", str(cfg.eval.llava_samples), "--max-new-tokens", str(cfg.eval.max_new_tokens),
-                           "--json", str(llava / f"eval_{split}.json")],
+                           "--per-task", str(cfg.eval.per_task), "--max-new-tokens", str(cfg.eval.max_new_tokens),
+                           "--batch-size", str(cfg.eval.batch_size), "--json", str(llava / f"eval_{split}.json")],
                           [llava / f"eval_{split}.json"], after=["finetune"], metrics=llava / f"eval_{split}.json"))
     if is_vit:
         steps.append(Step("export-llava", ["export-llava", "--model", str(llava), "--out",
@@ -146,11 +150,11 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
     steps before it kept, so a re-run continues where it stopped. record=False (a dry run) writes no stamps.
     """
     runner = runner or _run_mmtool
-    stamps.mkdir(parents=True, exist_ok=True)
     fingerprints, rerun, rows = {}, set(), []
     for step in steps:
         fingerprints[step.name] = fingerprint(step, fingerprints)
-        stamp = stamps / f"{step.name.replace(':', '_')}.json"
+        stamp = (step.stamps or stamps) / f"{step.name.replace(':', '_')}.json"
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         recorded = json.loads(stamp.read_text()) if stamp.is_file() else {}
         up_to_date = (recorded.get("fingerprint") == fingerprints[step.name]
                       and all(p.exists() for p in step.outputs) and not rerun.intersection(step.after))
@@ -192,10 +196,26 @@ def headline(metrics: Path | None) -> str:
         return ""
     data = json.loads(metrics.read_text())
     if "scores" in data:  # eval-llava
-        overall = data["scores"].get("all", {})
-        return ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, float))
+        return llava_headline(data["scores"])
     keys = ["image_to_text_R@1", "text_to_image_R@1", "zero_shot_group_acc"]
     return ", ".join(f"{k} {data[k]:.3f}" for k in keys if isinstance(data.get(k), float))
+
+
+def llava_headline(scores: dict) -> str:
+    """Overall exact / contains, then the model against its blind copy (blank, shuffled image) and its tower on
+    group and yes/no questions: the comparison that tells seeing from guessing."""
+    overall = scores.get("all", {})
+    parts = [", ".join(f"{k} {overall[k]:.3f}" for k in ("exact_match", "contains_answer") if k in overall)]
+    for task in ("group", "yesno"):
+        row = scores.get(task)
+        if not row:
+            continue
+        baselines = {"blank": row.get("blind_blank", {}).get("exact_match"),
+                     "shuffled": row.get("blind_shuffled", {}).get("exact_match"),
+                     "tower": (row.get("tower") or {}).get("accuracy")}
+        shown = ", ".join(f"{name} {value:.3f}" for name, value in baselines.items() if value is not None)
+        parts.append(f"{task} {row['exact_match']:.3f}" + (f" ({shown})" if shown else ""))
+    return "; ".join(parts)
 
 
 def format_summary(rows: list[dict]) -> str:

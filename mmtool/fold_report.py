@@ -1,0 +1,86 @@
+"""The figures of a leave-one-style-out run: per fold, their mean, the worst fold, and the seed-to-seed spread.
+
+Each run folder holds `eval_heldout_train.json` and `eval_heldout_val.json` as `mmtool eval-clip --json` wrote
+them; only the figures below are taken from them.
+"""
+import json
+import statistics
+from pathlib import Path
+
+from mmtool.errors import MmtoolError
+
+SPLITS = {"heldout_train": "training concepts", "heldout_val": "new concepts"}  # of the held-out style
+METRICS = {"image_to_text_R@1": "i2t R@1", "image_to_text_R@5": "i2t R@5", "text_to_image_R@1": "t2i R@1",
+           "zero_shot_group_acc": "group acc"}
+
+Scores = dict[str, dict[str, float]]  # {split: {metric: value}}
+
+
+def eval_json(run: Path, split: str) -> Path:
+    return run / f"eval_{split}.json"
+
+
+def read_scores(run: Path) -> Scores:
+    scores = {}
+    for split in SPLITS:
+        path = eval_json(run, split)
+        figures = json.loads(path.read_text())
+        missing = [metric for metric in METRICS if metric not in figures]
+        if missing:
+            raise MmtoolError(f"{path}: no {missing[0]} (evaluate with group labels: data.label_fields)")
+        scores[split] = {metric: figures[metric] for metric in METRICS}
+    return scores
+
+
+def mean_and_worst(folds: dict[str, Scores]) -> dict:
+    """The mean over the folds, and per figure the lowest fold ({"value", "fold"})."""
+    mean = {split: {metric: statistics.fmean(scores[split][metric] for scores in folds.values())
+                    for metric in METRICS} for split in SPLITS}
+    worst = {}
+    for split in SPLITS:
+        worst[split] = {}
+        for metric in METRICS:
+            fold = min(folds, key=lambda name: folds[name][split][metric])
+            worst[split][metric] = {"value": folds[fold][split][metric], "fold": fold}
+    return {"mean": mean, "worst": worst}
+
+
+def spread(runs: dict[int, Scores]) -> dict:
+    """Per figure over seeds: mean, sample standard deviation, min and max."""
+    result = {}
+    for split in SPLITS:
+        result[split] = {}
+        for metric in METRICS:
+            values = [scores[split][metric] for scores in runs.values()]
+            result[split][metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values),
+                                     "min": min(values), "max": max(values)}
+    return result
+
+
+def format_report(report: dict) -> str:
+    """folds.json as tables in %: one per split with a row per fold, the mean and the worst; then the spread."""
+    lines = [f"CLIP {report['config']}, each style held out in turn; figures in %"]
+    width = max(len(name) for name in [*report["folds"], "worst"]) + 2
+    header = f"{'':<{width}}" + "".join(f"{label:>11}" for label in METRICS.values())
+    for split, meaning in SPLITS.items():
+        lines += ["", f"held-out style, {meaning} ({split})", header]
+        for fold, scores in report["folds"].items():
+            lines.append(_row(fold, width, scores[split]))
+        lines.append(_row("mean", width, report["mean"][split]))
+        worst = report["worst"][split]
+        lines.append(_row("worst", width, {metric: worst[metric]["value"] for metric in METRICS}))
+        lines.append("worst fold: " + ", ".join(f"{label} {worst[m]['fold']}" for m, label in METRICS.items()))
+    if "seeds" in report:
+        seeds = report["seeds"]
+        lines += ["", f"seed spread on {seeds['fold']} (seeds {', '.join(map(str, seeds['runs']))}): "
+                      "mean ± std (min-max); a difference within it is not a gain"]
+        for split in SPLITS:
+            for metric, label in METRICS.items():
+                s = {key: 100 * value for key, value in seeds["spread"][split][metric].items()}
+                lines.append(f"  {split:<14} {label:<10} {s['mean']:5.1f} ± {s['std']:.1f} "
+                             f"({s['min']:.1f}-{s['max']:.1f})")
+    return "\n".join(lines)
+
+
+def _row(name: str, width: int, figures: dict[str, float]) -> str:
+    return f"{name:<{width}}" + "".join(f"{100 * figures[metric]:>11.1f}" for metric in METRICS)
