@@ -204,24 +204,31 @@ def finetune(
 def eval_llava(
     model: Annotated[Path, typer.Option(help="A finetuned (or aligned) checkpoint: vlm.pt or its run folder")],
     data: Annotated[Path, typer.Option(help="Held-out LLaVA conversations, e.g. data/instruct/val.json")],
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations")] = None,
+    per_task: Annotated[int, typer.Option(help="Conversations per task, a seeded choice (0 = all)")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the per-task choice and of the shuffled images")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations of the file")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Questions answered together (greedy, left-padded)")] = 16,
     image_folder: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder")] = None,
+    blind: Annotated[bool, typer.Option(help="Also answer with a blank and with a shuffled image")] = True,
+    tower: Annotated[bool, typer.Option(help="Also score the stage-1 CLIP tower alone")] = True,
+    vision: Annotated[Optional[Path], typer.Option(help="The stage-1 clip.pt for the tower baseline, instead of "
+                                                        "the path in the model's record")] = None,
+    any_vision: Annotated[bool, typer.Option(help="Accept a --vision file whose sha256 differs from the record")]
+    = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write scores and answers here")] = None,
 ):
-    """Exact-match and contains-answer accuracy of greedy answers to held-out questions, per task."""
-    from stage3_llm.bundle import load_finetuned
-    from stage3_llm.conversations import read_conversations
-    from stage3_llm.evaluate import answer_conversations, format_table, score
+    """Per-task answer accuracy (exact, contains, 95% CI) beside the majority answer, the same model with a blank
+    or shuffled image, and its CLIP tower alone."""
+    from stage3_llm.eval_run import EvalOptions, run_eval
 
-    conversations, source = read_conversations(data, image_folder)
-    bundle = load_finetuned(model)
-    results = answer_conversations(bundle, conversations[:limit], source, max_new_tokens)
-    scores = score(results)
-    print(format_table(scores))
+    options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, blind=blind, tower=tower, vision=vision, any_vision=any_vision)
+    report = run_eval(model, data, image_folder, options)
+    print(report["table"])
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"scores": scores, "answers": results}, indent=2, ensure_ascii=False))
+        json_out.write_text(json.dumps(report["json"], indent=2, ensure_ascii=False))
 
 
 @app.command("export-llava")

@@ -1,0 +1,65 @@
+"""`mmtool eval-llava` end to end: read and sample the conversations, answer them, add the baselines, score, and
+lay out the table and the JSON report."""
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmtool.checkpoint import file_sha256, load_model
+from stage2_projector.bundle import KIND, resolve_model_file
+from stage3_llm.bundle import load_finetuned
+from stage3_llm.conversations import read_conversations
+from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
+from stage3_llm.task_sample import sample_per_task
+from stage3_llm.tower import NAME_TEMPLATE, YESNO_RULE, candidates, load_tower
+
+
+@dataclass
+class EvalOptions:
+    per_task: int | None = 300  # None = every conversation
+    seed: int = 0
+    limit: int | None = None  # only the file's first N conversations, before the per-task choice
+    max_new_tokens: int = 32
+    batch_size: int = 16
+    blind: bool = True
+    tower: bool = True
+    vision: Path | None = None  # the tower's clip.pt instead of the recorded path
+    any_vision: bool = False  # accept a vision file whose sha256 differs from the record
+
+
+def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOptions) -> dict:
+    """{"table": str, "json": report}: per-task scores with their baselines, and every answer."""
+    conversations, source = read_conversations(data, image_folder)
+    in_file = conversations[:options.limit]
+    chosen = sample_per_task(in_file, options.per_task, options.seed)
+    # The tower is checked before the (slow) LLM loads, so a wrong --vision fails at once.
+    record = load_model(resolve_model_file(model), KIND)["config"]
+    clip = load_tower(record, str(model), options.vision, options.any_vision) if options.tower else None
+    bundle = load_finetuned(model)
+    results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
+    if options.blind:
+        add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,
+                          str(data))
+    if clip is not None:
+        add_tower_answers(results, clip, in_file, source)
+    scores = score(results)
+    report = {"scores": scores, "answers": results,
+              "settings": {"model": str(model), "data": str(data), "conversations_in_file": len(in_file),
+                           "per_task": options.per_task, "seed": options.seed, "limit": options.limit,
+                           "max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size},
+              "baselines": {"majority": "the share of the task's commonest reference (exact match)",
+                            "blind": blind_description(options), "tower": None}}
+    if clip is not None:
+        path = Path(options.vision or bundle.record["vision"]["checkpoint"])
+        digest = file_sha256(path)
+        choices = candidates(in_file)
+        report["baselines"]["tower"] = {
+            "checkpoint": str(path), "sha256": digest, "matches_record": digest == bundle.record["vision"]["sha256"],
+            "names": len(choices["name"]), "groups": len(choices["group"]), "name_prompt": NAME_TEMPLATE,
+            "group_templates": clip.config.eval.templates, "yesno_rule": YESNO_RULE}
+    return {"table": format_table(scores), "json": report}
+
+
+def blind_description(options: EvalOptions) -> dict | None:
+    if not options.blind:
+        return None
+    return {"blank": "the normalised mean (grey) image",
+            "shuffled": f"another conversation's image of the set (seeded derangement, seed {options.seed})"}

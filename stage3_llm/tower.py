@@ -1,0 +1,118 @@
+"""The tower baseline: what the stage-1 CLIP alone answers about the same images, the floor a VLM built on it
+should reach.
+
+Questions are recognised by their form (mmtool/data/instructions.py); the candidates are the evaluated file's
+own names and groups (every reference of a naming or group question and every premise of a yes/no question, over
+all the file's conversations, not only the sampled ones):
+- naming ("What is this?"): the name whose text is nearest the image = i→t R@1 among the set's names; a name is
+  prompted as the emoji data's canonical caption "an emoji of {name}" (what eval-clip's i→t retrieval ranks);
+- group ("Which emoji group ...?"): zero-shot classification among the set's groups, each the mean of the CLIP
+  config's `eval.templates` embeddings (eval-clip's zero-shot prompt ensemble);
+- yes/no ("Is this {name}?" / "Does this belong to the {group} group?"): "Yes." exactly when the premise is the
+  tower's own zero-shot answer among the names (resp. groups) above. This needs no threshold, hence no
+  calibration data, and is the tower's zero-shot answer put as yes/no: a true premise is confirmed as often as
+  the tower recognises the image, a false one is rejected unless the tower mistakes the image for it.
+Other questions (describe) have no tower answer.
+"""
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from mmtool.checkpoint import file_sha256
+from mmtool.data.images import eval_transform, load_image
+from mmtool.data.instructions import GROUP_QUESTION, WHAT_QUESTIONS
+from mmtool.errors import MmtoolError
+from mmtool.llm import IMAGE_TOKEN
+from stage1_clip.bundle import ClipBundle, load_clip
+from stage1_clip.evaluate import embed_images, embed_texts
+from stage3_llm.conversations import Conversation, ImageSource
+
+NAME_TEMPLATE = "an emoji of {}"
+NAME_PREMISE = re.compile(r"Is this (.+)\?")
+GROUP_PREMISE = re.compile(r"Does this belong to the (.+) group\?")
+YESNO_RULE = "Yes. exactly when the premise is the tower's own nearest name (or group) among the set's"
+
+
+@dataclass
+class TowerQuestion:
+    kind: str  # "name" | "group": which candidates the tower chooses among
+    premise: str | None  # a yes/no question's claim; None for an open question
+
+
+def parse_question(question: str) -> TowerQuestion | None:
+    """The tower's reading of a question, or None when it cannot answer it."""
+    text = question.replace(IMAGE_TOKEN, "").strip()
+    if text in WHAT_QUESTIONS:
+        return TowerQuestion("name", None)
+    if text == GROUP_QUESTION:
+        return TowerQuestion("group", None)
+    for kind, pattern in (("group", GROUP_PREMISE), ("name", NAME_PREMISE)):
+        match = pattern.fullmatch(text)
+        if match:
+            return TowerQuestion(kind, match.group(1))
+    return None
+
+
+def candidates(conversations: list[Conversation]) -> dict[str, list[str]]:
+    """{"name": [...], "group": [...]}: every name and group the file's questions ask about or answer with."""
+    found = {"name": set(), "group": set()}
+    for conversation in conversations:
+        turns = conversation.turns
+        for question, answer in zip(turns[0::2], turns[1::2]):
+            parsed = parse_question(question["content"])
+            if parsed is not None:
+                found[parsed.kind].add(parsed.premise if parsed.premise is not None else answer["content"])
+    return {kind: sorted(values) for kind, values in found.items()}
+
+
+def load_tower(record: dict, model_path: str, vision: str | Path | None, any_vision: bool) -> ClipBundle:
+    """The stage-1 CLIP the VLM was aligned on (path from the record unless `vision`), checked by sha256."""
+    path = Path(vision or record["vision"]["checkpoint"])
+    if not path.is_file():
+        raise MmtoolError(f"{model_path}: its vision checkpoint {path} (vision.checkpoint in its record) is not "
+                          "found; pass --vision PATH or --no-tower")
+    if not any_vision and file_sha256(path) != record["vision"]["sha256"]:
+        raise MmtoolError(f"{path}: sha256 differs from the one {model_path} was aligned on "
+                          f"({record['vision']['sha256'][:12]}); pass --any-vision to use it anyway")
+    return load_clip(path)
+
+
+@torch.no_grad()
+def tower_answers(clip: ClipBundle, questions: list[str], images: list[str], source: ImageSource,
+                  choices: dict[str, list[str]]) -> list[str | None]:
+    """The tower's answer to each (question, image) pair: a name, a group, "Yes." / "No.", or None."""
+    parsed = [parse_question(question) for question in questions]
+    answerable = [index for index, item in enumerate(parsed) if item is not None]
+    answers: list[str | None] = [None] * len(questions)
+    if not answerable:
+        return answers
+    size, batch_size = clip.config.model.vision.image_size, clip.config.eval.batch_size
+    distinct = sorted({images[index] for index in answerable})
+    pixels = torch.stack([eval_transform(load_image(source.read(image)), size) for image in distinct])  # [I, 3, S, S]
+    image_emb = embed_images(clip.model, pixels, batch_size)  # [I, D]
+    row_of = {image: row for row, image in enumerate(distinct)}
+    predicted = {}  # kind -> [I] index of the nearest candidate
+    for kind in {parsed[index].kind for index in answerable}:
+        if not choices[kind]:
+            raise MmtoolError(f"the tower baseline found no {kind}s to choose among in the evaluated file")
+        text_emb = candidate_embeddings(clip, choices[kind], kind)  # [C, D]
+        predicted[kind] = (image_emb @ text_emb.T).argmax(1)  # [I]
+    for index in answerable:
+        item = parsed[index]
+        choice = choices[item.kind][int(predicted[item.kind][row_of[images[index]]])]
+        answers[index] = choice if item.premise is None else ("Yes." if choice == item.premise else "No.")
+    return answers
+
+
+def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch.Tensor:
+    """[C, D] normalised text embeddings: names as captions, groups as eval-clip's template ensemble."""
+    batch_size = clip.config.eval.batch_size
+    if kind == "name":
+        return embed_texts(clip.model, clip.tokenize, [NAME_TEMPLATE.format(name) for name in names], batch_size)
+    templates = clip.config.eval.templates
+    prompts = [template.format(name.replace("-", " ").replace("_", " ")) for name in names for template in templates]
+    per_prompt = embed_texts(clip.model, clip.tokenize, prompts, batch_size)  # [C * K, D]
+    return F.normalize(per_prompt.view(len(names), len(templates), -1).mean(1), dim=-1)  # [C, D]
