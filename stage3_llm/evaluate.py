@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from mmtool.errors import MmtoolError
-from stage3_llm.answer_match import contains_answer, exact_match
+from stage3_llm.answer_match import contains_answer, exact_match, normalize  # noqa: F401 - part of this API
 from stage3_llm.blind import BLANK, blank_image, shuffled_images
 from stage3_llm.eval_stats import majority_answer, wilson_interval
 from stage3_llm.generate import generate_batch
