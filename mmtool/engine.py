@@ -8,6 +8,7 @@ import torch
 from mmtool import distributed
 from mmtool.cpu_features import check_precision
 from mmtool.errors import MmtoolError
+from mmtool.nonfinite import HoldableAdamW, HoldableSchedule, any_rank
 from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
 
 
@@ -65,13 +66,15 @@ class TrainEngine:
         self.group_names = [group.pop("names") for group in groups]
         if optim.kernel not in ADAMW_KERNELS:
             raise MmtoolError(f"train.optimizer_kernel: unknown {optim.kernel!r} (known: {', '.join(ADAMW_KERNELS)})")
-        optimizer = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                      **ADAMW_KERNELS[optim.kernel])
+        self._adamw = HoldableAdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                    **ADAMW_KERNELS[optim.kernel])
         schedule = cosine_with_warmup(optim.warmup_steps, optim.total_steps, optim.min_lr_ratio)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule))
+            model=model, optimizer=self._adamw, config=ds_config,
+            lr_scheduler=lambda opt: HoldableSchedule(opt, schedule, held=lambda: self._adamw.hold))
         self.zero_stage = self.engine.zero_optimization_stage()
+        self._nonfinite_loss = torch.tensor(False, device=self.device)  # this rank, since the last update
+        self.update_skipped = False  # the last optimizer step was held back: a rank saw a non-finite loss
 
     @property
     def module(self) -> torch.nn.Module:
@@ -90,11 +93,21 @@ class TrainEngine:
         return self.engine(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor, scale_wrt_gas: bool = True) -> None:
-        """scale_wrt_gas=False when `loss` already carries the right share of the accumulated gradient."""
+        """scale_wrt_gas=False when `loss` already carries the right share of the accumulated gradient.
+        A non-finite `loss` (or GradCache's surrogate of it) on any rank holds back the coming update."""
+        self._nonfinite_loss = self._nonfinite_loss | ~torch.isfinite(loss.detach()).all()
         self.engine.backward(loss, scale_wrt_gas=scale_wrt_gas)
 
     def step(self) -> None:
+        """Ends a micro-batch; at the accumulation boundary, updates the weights unless some rank's loss since the
+        last update was non-finite (then weights, moments and the lr schedule stay as they were)."""
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if boundary:
+            self._adamw.hold = any_rank(self._nonfinite_loss)  # every rank takes the same decision
         self.engine.step()
+        if boundary:
+            self.update_skipped, self._adamw.hold = self._adamw.hold, False
+            self._nonfinite_loss = torch.zeros_like(self._nonfinite_loss)
 
     def current_lr(self) -> float:
         return max(group["lr"] for group in self.engine.optimizer.param_groups)
@@ -107,6 +120,7 @@ class TrainEngine:
 
         Frozen weights are left out: they never change, the model is rebuilt with them before loading, and a
         frozen LLM would otherwise make every state hundreds of MB (540 MB with SmolLM2-135M)."""
+        self.check_finite_weights()
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
                                     exclude_frozen_parameters=True)
 
@@ -122,6 +136,7 @@ class TrainEngine:
         """All weights in float32 on CPU, gathered from ZeRO-3 partitions; None on ranks other than 0.
 
         Every rank must call this (ZeRO-3 gathers collectively)."""
+        self.check_finite_weights()
         if self.zero_stage == 3:
             state = self.engine._zero3_consolidated_16bit_state_dict()
         else:
@@ -129,3 +144,11 @@ class TrainEngine:
         if not distributed.is_main():
             return None
         return {name: tensor.detach().to("cpu", torch.float32).clone() for name, tensor in state.items()}
+
+    def check_finite_weights(self) -> None:
+        """Refuses (on every rank) to go on with a NaN or inf among the trained weights: they are never saved."""
+        # Under ZeRO-3 each rank checks its own shard (ds_tensor); the vote covers the rest.
+        local = [getattr(p, "ds_tensor", p) for p in self.engine.module.parameters() if p.requires_grad]
+        bad = torch.tensor(any(not torch.isfinite(t).all() for t in local), device=self.device)
+        if any_rank(bad):
+            raise MmtoolError("the trained weights hold NaN or inf values; nothing was saved")

@@ -21,10 +21,15 @@ class TrainSettings:
     grad_clip: float = 1.0
     seed: int = 0
     deepspeed: str = "configs/deepspeed/zero2_bf16.json"
+    # torch AdamW kernel: fused (one pass over all tensors), foreach (batched ops) or loop (one tensor at a time).
+    optimizer_kernel: str = "fused"
     # Per-parameter lr / weight decay by name regex, first match wins; lr 0 freezes (mmtool/optim.py).
     param_groups: list[ParamGroupRule] = field(default_factory=list)
     log_every: int = 10
     eval_every: int = 0  # steps; 0 = at the end of each epoch only
+    eval_at_start: bool = False  # also evaluate before the first step (the baseline the val figures move from)
     save_every: int = 0  # steps; 0 = at the end of each epoch only
     keep_states: int = 1  # DeepSpeed training states kept for --resume (older ones are deleted)
     threads: int | None = None  # torch intra-op threads on CPU
+    # A step whose loss is non-finite on any rank is skipped (no update); this many in a row end the run.
+    max_nonfinite_steps: int = 5

@@ -107,8 +107,6 @@ class TrainConfig(TrainSettings):
     eps: float = 1e-6
     deepspeed: str = "configs/deepspeed/fp32.json"
     keep_states: int = 2
-    # torch AdamW kernel: fused (one pass over all tensors), foreach (batched ops) or loop (one tensor at a time).
-    optimizer_kernel: str = "fused"
     compile: bool = False  # torch.compile both towers (the first steps pay for compilation)
 
 

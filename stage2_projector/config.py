@@ -38,7 +38,6 @@ class TrainConfig(TrainSettings):
     # Only the projector learns: the image tower and the LLM are frozen by lr 0.
     param_groups: list[ParamGroupRule] = field(default_factory=lambda: [
         ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"^llm\.", lr=0.0)])
-    eval_at_start: bool = False  # also measure the untrained projector (the baseline the val loss falls from)
 
 
 @dataclass

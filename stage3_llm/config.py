@@ -39,6 +39,7 @@ class DataConfig:
 class TrainConfig(TrainSettings):
     lr: float = 2e-4
     warmup_steps: int = 10
+    eval_at_start: bool = True  # the val loss before any update, for the record
     # LoRA weights and the projector learn; the image tower and the LLM's own weights are frozen by lr 0.
     param_groups: list[ParamGroupRule] = field(default_factory=lambda: [
         ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"\.lora_"),

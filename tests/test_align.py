@@ -16,10 +16,10 @@ from mmtool.optim import build_param_groups
 from stage1_clip.bundle import load_clip
 from stage2_projector.bundle import build_vlm, check_vision, load_vlm
 from stage2_projector.config import AlignConfig, ModelConfig
-from stage2_projector.data import encode_caption_batch
 from stage2_projector.features import PatchFeatures
 from stage2_projector.projector import build_projector
-from stage2_projector.train import evaluate_answer_loss, make_val_set
+from stage2_projector.evaluate import evaluate_answer_loss
+from stage2_projector.train import make_val_set, val_batches
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, save_tiny_llm, tiny_llama
 
@@ -138,9 +138,7 @@ def test_align_trains_only_the_projector_and_the_checkpoint_reloads(emoji_shards
     cfg = from_dict(AlignConfig, record["align"], where="align")
     cfg.data.val = f"{emoji_shards}/val-*.tar"
     val_set = make_val_set(cfg, 32)
-    encode = lambda captions, keys: encode_caption_batch(bundle.tokenizer, captions, keys, cfg.data.instructions,
-                                                         16, cfg.data.max_length)
-    metrics = evaluate_answer_loss(bundle.model, val_set, encode, 8, torch.float32)
+    metrics = evaluate_answer_loss(bundle.model, val_batches(bundle, cfg, val_set, torch.device("cpu"), torch.float32))
     saved = json.loads((out / "eval.json").read_text())
     assert metrics["answer_tokens"] == saved["answer_tokens"]
     assert metrics["answer_loss"] == pytest.approx(saved["answer_loss"], rel=1e-5)

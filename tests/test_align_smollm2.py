@@ -5,8 +5,8 @@ import torch
 
 from stage2_projector.bundle import build_vlm, load_vlm
 from stage2_projector.config import AlignConfig, DataConfig, ModelConfig, TrainConfig
-from stage2_projector.data import encode_caption_batch
-from stage2_projector.train import align, evaluate_answer_loss, make_val_set
+from stage2_projector.evaluate import evaluate_answer_loss
+from stage2_projector.train import align, make_val_set, val_batches
 from stage3_llm.generate import generate
 from tests.tiny_vlm import save_tiny_clip
 
@@ -22,10 +22,9 @@ def test_projector_learns_on_smollm2_and_the_aligned_model_answers(smollm2, emoj
     bundle = build_vlm(cfg, clip_path, llm=smollm2)
     val_set = make_val_set(cfg, bundle.record["vision"]["image_size"])
     n = bundle.num_image_tokens
-    encode = lambda captions, keys: encode_caption_batch(smollm2.tokenizer, captions, keys, cfg.data.instructions, n,
-                                                         cfg.data.max_length)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-        before = evaluate_answer_loss(bundle.model.eval(), val_set, encode, 4, torch.float32)
+        before = evaluate_answer_loss(bundle.model.eval(), val_batches(bundle, cfg, val_set, torch.device("cpu"),
+                                                                       torch.float32))
 
     after = align(cfg, tmp_path / "run", bundle=bundle)
     assert after["answer_tokens"] == before["answer_tokens"] > 0

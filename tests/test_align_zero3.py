@@ -9,8 +9,8 @@ import torch
 from mmtool.config import from_dict
 from stage2_projector.bundle import load_vlm
 from stage2_projector.config import AlignConfig
-from stage2_projector.data import encode_caption_batch
-from stage2_projector.train import evaluate_answer_loss, make_val_set
+from stage2_projector.evaluate import evaluate_answer_loss
+from stage2_projector.train import make_val_set, val_batches
 from tests.dist_utils import free_port
 from tests.test_train_e2e import clean_env
 from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
@@ -36,10 +36,9 @@ def test_zero3_two_ranks_align_and_reload(emoji_shards, tmp_path):
     assert all(tensor.numel() > 0 for tensor in state.values())  # gathered, not ZeRO-3's empty placeholders
     cfg = from_dict(AlignConfig, bundle.record["align"], where="align")
     val_set = make_val_set(cfg, bundle.record["vision"]["image_size"])
-    encode = lambda captions, keys: encode_caption_batch(bundle.tokenizer, captions, keys, cfg.data.instructions,
-                                                         bundle.num_image_tokens, cfg.data.max_length)
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):  # as the run's zero3_bf16 evaluation
-        metrics = evaluate_answer_loss(bundle.model, val_set, encode, 4, torch.float32)
+        metrics = evaluate_answer_loss(bundle.model, val_batches(bundle, cfg, val_set, torch.device("cpu"),
+                                                                 torch.float32))
     saved = json.loads((out / "eval.json").read_text())
     assert metrics["answer_tokens"] == saved["answer_tokens"]
     assert metrics["answer_loss"] == pytest.approx(saved["answer_loss"], rel=1e-2)

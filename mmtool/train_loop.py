@@ -1,0 +1,209 @@
+"""The one training loop of all three stages: schedule, engine, resume, logging, cadence, non-finite steps, saving.
+
+A stage supplies only what differs, as a `Stage`: its micro-batches for an epoch, its optimizer step, its
+evaluation and what it saves at the end. `train()` reads top to bottom like the loop it is.
+"""
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from mmtool import distributed
+from mmtool.engine import OptimSettings, TrainEngine
+from mmtool.errors import MmtoolError
+from mmtool.run_log import RunLog
+from mmtool.train_cadence import Cadence
+from mmtool.train_config import TrainSettings
+from mmtool.train_state import load_latest_state, save_rotating_state
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # this rank's loss for the step, a scalar (logged as the mean over ranks)
+    samples: int  # samples this rank trained on in the step
+    tokens: int = 0  # text tokens this rank trained on, when the stage counts them (logged as tokens_per_s)
+    stats: dict = field(default_factory=dict)  # more figures for the train log, e.g. CLIP's temperature
+
+
+class Stage:
+    """What a stage hands the loop. `model` is built whole on every rank (ZeRO-3 partitions loaded weights);
+    `samples` is the size of one epoch, all ranks together."""
+
+    model: torch.nn.Module
+    samples: int
+
+    def batches(self, epoch: int, skip: int) -> Iterable:
+        """This rank's micro-batches of `epoch` after the first `skip` (the same list on every run: exact resume)."""
+        raise NotImplementedError
+
+    def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
+        """Optimizer step number `step` (0-based): forward, engine.backward(loss) and engine.step() per micro-batch."""
+        raise NotImplementedError
+
+    def evaluate(self, engine: TrainEngine) -> dict:
+        """Val metrics, {} without a val set; every rank calls it (ZeRO-3 gathers weights collectively)."""
+        return {}
+
+    def save(self, out: Path, state_dict: dict) -> Path:
+        """Writes the stage's checkpoint from the gathered float32 weights (rank 0 only); returns its path."""
+        raise NotImplementedError
+
+    def refresh(self, engine: TrainEngine, progress: "Progress", log: RunLog) -> bool:
+        """Called before training and after each step; True when the rest of the epoch's batches changed."""
+        return False
+
+    def state(self) -> dict:
+        """What the stage adds to each training state for --resume."""
+        return {}
+
+    def load_state(self, client_state: dict) -> None:
+        pass
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # optimizer steps done in this epoch
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in all
+    nonfinite_in_a_row: int = 0
+
+
+def start_run(settings: TrainSettings) -> None:
+    """Before a stage builds its model: process group, threads, and the seed its initial weights come from."""
+    distributed.init_distributed()
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)  # the same initial weights on every rank
+
+
+def steps_per_epoch(samples: int, batch_size: int, accum_steps: int, world: int) -> int:
+    if accum_steps < 1:
+        raise MmtoolError(f"train.accum_steps must be >= 1, got {accum_steps}")
+    steps = samples // (batch_size * accum_steps * world)
+    if steps == 0:
+        raise MmtoolError(f"data.batch_size {batch_size} x train.accum_steps {accum_steps} x {world} ranks "
+                          f"exceeds the {samples} training samples")
+    return steps
+
+
+def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, config: dict, resume: bool) -> dict:
+    """Trains `stage`, writes config.json, metrics, training states and the stage's checkpoint under `out`;
+    returns the last val metrics."""
+    distributed.init_distributed()
+    world, accum = distributed.world_size(), settings.accum_steps
+    per_epoch = steps_per_epoch(stage.samples, batch_size, accum, world)
+    total_steps = settings.max_steps or settings.epochs * per_epoch
+    engine = TrainEngine(stage.model, settings.deepspeed, batch_size, accum_steps=accum, optim=OptimSettings(
+        lr=settings.lr, weight_decay=settings.weight_decay, betas=tuple(settings.betas), eps=settings.eps,
+        grad_clip=settings.grad_clip, warmup_steps=settings.warmup_steps, total_steps=total_steps,
+        min_lr_ratio=settings.min_lr_ratio, rules=settings.param_groups, kernel=settings.optimizer_kernel))
+    progress = Progress()
+    if resume:
+        client_state = load_latest_state(engine, out)
+        progress = Progress(**client_state["progress"])
+        stage.load_state(client_state)
+    if distributed.is_main():
+        (out / "config.json").write_text(json.dumps(config, indent=2))
+    log = RunLog(out, total_steps, progress.step, enabled=distributed.is_main())
+    params = list(stage.model.parameters())
+    log.message(f"training {sum(p.numel() for p in params if p.requires_grad) / 1e6:.3f}M of "
+                f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters on {stage.samples} samples x {world} "
+                f"rank(s): {per_epoch} steps/epoch, {total_steps} steps")
+
+    def save_state() -> None:
+        save_rotating_state(engine, out, progress.step, {"progress": asdict(progress), **stage.state()},
+                            settings.keep_states)
+
+    def evaluate() -> dict:
+        engine.train(False)
+        metrics = stage.evaluate(engine)
+        engine.train(True)
+        if metrics:
+            log.write(progress.step, "val", metrics)
+            log.message(f"[eval step {progress.step}] " + "  ".join(f"{k}={_short(v)}" for k, v in metrics.items()))
+        return metrics
+
+    cadence = Cadence(settings.save_every, settings.eval_every, save_state, evaluate)
+    if settings.eval_at_start and progress.step == 0:
+        cadence.evaluate(0)
+    engine.train()
+    if progress.step < total_steps:
+        stage.refresh(engine, progress, log)  # e.g. stage 1's first hard-negative mining
+    window, shown = _Window(), {}
+    while progress.step < total_steps:
+        micro_batches = []
+        for batch in stage.batches(progress.epoch, progress.batch_in_epoch * accum):
+            micro_batches.append(batch)
+            if len(micro_batches) < accum:
+                continue
+            result = stage.step(engine, micro_batches, progress.step)
+            micro_batches = []
+            progress.step += 1
+            progress.batch_in_epoch += 1
+            count_nonfinite(engine, progress, settings.max_nonfinite_steps, log)
+            restart = progress.step < total_steps and stage.refresh(engine, progress, log)
+            window.add(result, world)
+            if progress.step % settings.log_every == 0 or progress.step == total_steps:
+                stats = {"loss": distributed.mean_over_ranks(result.loss.detach()), "lr": engine.current_lr(),
+                         **result.stats, **window.rates(), "nonfinite_steps": progress.nonfinite_steps}
+                log.write(progress.step, "train", stats)
+                shown = {"loss": stats["loss"], "lr": stats["lr"], "samples/s": stats["samples_per_s"]}
+            log.progress(1, **shown)
+            cadence.after_step(progress.step)
+            if progress.step >= total_steps or restart:
+                break  # done, or the stage changed the rest of this epoch's batches: ask for them again
+        else:  # the epoch's batches ran out
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+            cadence.after_epoch(progress.step)
+
+    metrics = cadence.finish(progress.step)
+    state_dict = engine.full_state_dict()  # every rank takes part: ZeRO-3 gathers the partitions
+    if distributed.is_main():
+        written = stage.save(out, state_dict)
+        if metrics:
+            (out / "eval.json").write_text(json.dumps(metrics, indent=2))
+        log.message(f"wrote {written}")
+    log.close()
+    distributed.barrier()
+    return metrics
+
+
+def count_nonfinite(engine: TrainEngine, progress: Progress, limit: int, log: RunLog) -> None:
+    """The engine held back the update of a step whose loss was non-finite on some rank; too many in a row abort."""
+    if not engine.update_skipped:
+        progress.nonfinite_in_a_row = 0
+        return
+    progress.nonfinite_steps += 1
+    progress.nonfinite_in_a_row += 1
+    log.message(f"step {progress.step}: non-finite loss, update skipped ({progress.nonfinite_in_a_row} in a row)")
+    if progress.nonfinite_in_a_row >= limit:
+        raise MmtoolError(f"{limit} steps in a row had a non-finite loss (last: step {progress.step}); stopped "
+                          "(lower train.lr, check the data, or raise train.max_nonfinite_steps)")
+
+
+class _Window:
+    """Samples and tokens per second since the last log line (all ranks)."""
+
+    def __init__(self):
+        self.start, self.samples, self.tokens = time.perf_counter(), 0, 0
+
+    def add(self, result: StepResult, world: int) -> None:
+        self.samples += result.samples * world
+        self.tokens += result.tokens * world
+
+    def rates(self) -> dict:
+        elapsed = time.perf_counter() - self.start
+        rates = {"samples_per_s": self.samples / elapsed}
+        if self.tokens:
+            rates["tokens_per_s"] = self.tokens / elapsed
+        self.__init__()
+        return rates
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
