@@ -1,6 +1,7 @@
 """Stage 2 with the real bundled LLM: the projector learns (val answer loss falls) and the model answers."""
 import json
 
+import pytest
 import torch
 
 from stage2_projector.bundle import build_vlm, load_vlm
@@ -9,6 +10,8 @@ from stage2_projector.evaluate import evaluate_answer_loss
 from stage2_projector.train import align, make_val_set, val_batches
 from stage3_llm.generate import generate
 from tests.tiny_vlm import save_tiny_clip
+
+pytestmark = pytest.mark.slow
 
 
 def test_projector_learns_on_smollm2_and_the_aligned_model_answers(smollm2, emoji_shards, tmp_path):

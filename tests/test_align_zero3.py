@@ -15,6 +15,8 @@ from tests.dist_utils import free_port
 from tests.test_train_e2e import clean_env
 from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 
 def test_zero3_two_ranks_align_and_reload(emoji_shards, tmp_path):
     clip_path, llm_dir, out = save_tiny_clip(tmp_path / "clip.pt"), save_tiny_llm(tmp_path / "llm"), tmp_path / "run"

@@ -2,6 +2,7 @@
 original file while it holds the indexed bytes, from the thumbnail once it is gone; the CLI cites the image."""
 import json
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -12,6 +13,8 @@ from stage2_projector.bundle import load_vlm
 from stage3_llm.generate import generate
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import save_tiny_vlm
+
+pytestmark = pytest.mark.slow
 
 COLOURS = [(250, 200, 30), (200, 30, 30), (30, 160, 60), (20, 40, 220), (240, 240, 240)]
 

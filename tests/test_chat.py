@@ -1,6 +1,7 @@
 """Generation: mmtool's streamed greedy decoding equals a naive argmax loop, and `mmtool chat` prints it."""
 import io
 
+import pytest
 import torch
 from PIL import Image
 
@@ -8,6 +9,8 @@ from stage2_projector.bundle import load_vlm
 from stage3_llm.generate import generate, prompt_ids
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import save_tiny_vlm
+
+pytestmark = pytest.mark.slow
 
 
 def test_streamed_greedy_generation_equals_a_naive_loop_and_the_cli(tmp_path):

@@ -21,6 +21,8 @@ from stage3_llm.tower import NAME_TEMPLATE, candidates, load_tower, tower_answer
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import save_tiny_clip, save_tiny_vlm
 
+pytestmark = pytest.mark.slow
+
 NAMES = ["grinning face", "red apple", "rocket", "cat face", "banana", "green heart"]
 GROUPS = ["Smileys & Emotion", "Food & Drink", "Travel & Places"]
 

@@ -12,6 +12,8 @@ from stage3_llm.generate import generate, prompt_ids
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
 
+pytestmark = pytest.mark.slow
+
 
 def aligned_tiny(tmp_path, vision_type="vit", projector="mlp2x_gelu"):
     clip_path, llm_dir = save_tiny_clip(tmp_path / "clip.pt", vision_type), save_tiny_llm(tmp_path / "llm")

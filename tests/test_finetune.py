@@ -20,6 +20,8 @@ from mmtool.data.instructions import build_instructions
 from tests.emoji_fixtures import write_emoji_shards
 from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory):

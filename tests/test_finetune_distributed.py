@@ -12,6 +12,8 @@ from tests.dist_utils import free_port
 from tests.test_finetune import config, parts, records, val_loss  # noqa: F401 (parts is a fixture)
 from tests.test_train_e2e import clean_env
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 
 def test_zero3_two_ranks_train_and_reload(parts, tmp_path):  # noqa: F811
     out = tmp_path / "zero3"

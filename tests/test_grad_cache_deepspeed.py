@@ -10,6 +10,8 @@ from stage1_clip.loss import build_loss
 from tests.test_train_e2e import LAUNCHER_VARIABLES
 from tests.test_grad_cache import TinyClip, batch, split
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("zero_stage", [0, 2])
 @pytest.mark.parametrize("kind", ["clip", "siglip"])

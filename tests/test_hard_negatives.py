@@ -18,6 +18,8 @@ from tests.dist_utils import run_on_ranks
 from tests.test_data_loader import png
 from tests.test_train_e2e import assert_resume_from_step3_matches, pretrain
 
+pytestmark = pytest.mark.slow
+
 SAMPLES = 40
 
 
@@ -165,6 +167,7 @@ def _refresh_on_rank(rank: int, world: int, shards: list[str], out_dir: str) -> 
                f"{out_dir}/rank{rank}.pt")
 
 
+@pytest.mark.distributed
 def test_two_ranks_share_one_plan_and_get_different_batches(shards, tmp_path):
     run_on_ranks(_refresh_on_rank, 2, shards, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

@@ -13,6 +13,8 @@ from torch import nn
 import stage1_clip.loss as loss_module
 from tests.dist_utils import run_on_ranks
 
+pytestmark = pytest.mark.distributed
+
 WORLD, PER_RANK, IMAGE_IN, TEXT_IN, DIM = 2, 4, 6, 5, 3
 KINDS = ["clip", "siglip"]
 TOL = dict(rtol=1e-10, atol=1e-10)

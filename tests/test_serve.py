@@ -65,6 +65,7 @@ def test_api_text_image_thumbnails_and_errors(served, val_image):
 @pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
                     reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, /usr/bin/chromedriver); "
                            "scripts/setup.sh installs them")
+@pytest.mark.browser
 def test_page_in_headless_chromium(served, val_image):
     from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException

@@ -168,6 +168,7 @@ def ranks(request, tmp_path_factory) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(request.param)]
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("kind", KINDS)
 def test_distributed_tiled_loss_matches_dense_on_every_rank(ranks, kind):
     for rank, result in enumerate(ranks):
@@ -177,6 +178,7 @@ def test_distributed_tiled_loss_matches_dense_on_every_rank(ranks, kind):
             raise AssertionError(f"rank {rank}: {error}") from None
 
 
+@pytest.mark.distributed
 def test_siglip_ring_rejects_unequal_batches_on_every_rank(ranks):
     sizes = list(range(PER_RANK, PER_RANK + len(ranks)))
     for result in ranks:

@@ -10,6 +10,8 @@ import torch
 from tests.dist_utils import free_port
 from tests.test_train_e2e import TINY, clean_env, train_losses
 
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
 STEPS = 6
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 TINY = [
     "model.embed_dim=128", "model.vision.image_size=32", "model.vision.patch_size=8", "model.vision.width=128",
     "model.vision.layers=3", "model.vision.heads=4", "model.text.width=128", "model.text.layers=2",

@@ -7,6 +7,8 @@ import torch
 from stage1_clip.bundle import load_clip
 from tests.test_train_e2e import mmtool, train_losses
 
+pytestmark = pytest.mark.slow
+
 SMALL = ["data.batch_size=32", "train.max_steps=3", "train.log_every=1", "data.workers=1", "train.warmup_steps=1",
          "model.text.context_length=24"]
 
