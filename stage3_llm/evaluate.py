@@ -11,6 +11,7 @@ from typing import Callable
 
 import torch
 
+from mmtool.data.images import BadSample
 from mmtool.errors import MmtoolError
 from stage3_llm.answer_match import contains_answer, exact_match, normalize  # noqa: F401 - part of this API
 from stage3_llm.blind import BLANK, blank_image, shuffled_images
@@ -54,7 +55,10 @@ def answer_questions(bundle, pairs: list[tuple[str, str]], source, max_new_token
         batch = distinct[start:start + batch_size]
         for image, _ in batch:
             if image not in pixels:
-                pixels[image] = bundle.preprocess(source.read(image))
+                try:
+                    pixels[image] = bundle.preprocess(source.read(image))
+                except BadSample as err:
+                    raise MmtoolError(f"image {image!r}: {err}") from None
         images = torch.stack([pixels[image] for image, _ in batch])  # [B, 3, S, S]
         ids = generate_batch(bundle.model, bundle.tokenizer, images, [question for _, question in batch],
                              bundle.num_image_tokens, max_new_tokens)
