@@ -43,12 +43,6 @@ def fp16_supported() -> bool:
     return bool(get_accelerator().is_fp16_supported())
 
 
-def bf16_supported() -> bool:
-    from deepspeed.accelerator import get_accelerator
-
-    return bool(get_accelerator().is_bf16_supported())
-
-
 def fp16_missing_reason() -> str:
     """Why fp16 cannot train here, in one line (names the missing CPU features)."""
     absent = [flag for flag in ("avx512_fp16", "amx_fp16") if flag not in cpu_flags()]

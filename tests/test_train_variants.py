@@ -4,8 +4,11 @@ import json
 import pytest
 import torch
 
+from mmtool.cpu_features import fp16_missing_reason, fp16_supported
 from stage1_clip.bundle import load_clip
 from tests.test_train_e2e import mmtool, train_losses
+
+FP16 = fp16_supported()  # DeepSpeed's answer for this machine's CPU (scripts/cpu_features.py prints why)
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +54,7 @@ def test_lit_locked_pretrained_text_tower(emoji_shards, tmp_path):
     assert ids[0, 0].item() == 101  # BERT's [CLS]: the tower's own tokenizer travelled with the checkpoint
 
 
+@pytest.mark.skipif(not FP16, reason="" if FP16 else fp16_missing_reason())
 def test_fp16_with_dynamic_loss_scaling(emoji_shards, tmp_path):
     run("configs/clip/tiny_vit.yaml", emoji_shards, tmp_path, "train.deepspeed=configs/deepspeed/zero2_fp16.json",
         "model.vision.layers=2", "model.text.layers=2")
@@ -58,3 +62,15 @@ def test_fp16_with_dynamic_loss_scaling(emoji_shards, tmp_path):
     assert all(0 < loss < 10 for loss in losses.values()), losses
     state = torch.load(tmp_path / "clip.pt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(t).all() for t in state.values())
+
+
+@pytest.mark.skipif(FP16, reason="this machine trains fp16: the refusal is for machines that cannot")
+def test_fp16_config_is_refused_in_one_line_where_the_cpu_has_no_fp16(emoji_shards, tmp_path):
+    result = mmtool("pretrain-clip", "--config", "configs/clip/tiny_vit.yaml", "--out", tmp_path / "run",
+                    "--set", f"data.train={emoji_shards}/train-*.tar", "--set", "data.val=null",
+                    "--set", "train.deepspeed=configs/deepspeed/zero2_fp16.json", check=False)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1 and "zero2_fp16.json: fp16 is enabled but" in message[0], result.stderr[-2000:]
+    assert "avx512_fp16" in message[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "clip.pt").exists()
