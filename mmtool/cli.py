@@ -273,6 +273,8 @@ def clip_folds(
     overrides: SetOption = None,
     shards: Annotated[Path, typer.Option(help="Fold shards: <style>/ is built once and shared by every recipe")]
     = Path("data/folds"),
+    baseline: Annotated[Optional[Path], typer.Option(help="Another recipe's folds.json (e.g. the linear probe) to "
+                                                          "show beside every fold")] = None,
     existing_shards: Annotated[bool, typer.Option(hidden=True, help="Use SHARDS/<style>/ as they are")] = False,
 ):
     """Leave one drawing style out, for every style: train the recipe, score it on the held-out style; report
@@ -282,7 +284,7 @@ def clip_folds(
     from mmtool.fold_report import format_report
 
     spec = FoldsSpec(config, out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
-                     list(overrides or []), shards, build_shards=not existing_shards)
+                     list(overrides or []), shards, build_shards=not existing_shards, baseline=baseline)
     print("\n" + format_report(run_folds(spec)))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mmtool.data.emoji_styles import STYLES
 from mmtool.errors import MmtoolError
-from mmtool.fold_report import SPLITS, eval_json, mean_and_worst, read_scores, spread
+from mmtool.fold_report import SPLITS, baseline_of, eval_json, mean_and_worst, read_scores, spread
 from mmtool.pipeline import Step, _sets, run_pipeline
 
 
@@ -26,6 +26,7 @@ class FoldsSpec:
     sets: list[str] = field(default_factory=list)  # --set overrides for every training run
     shards: Path = Path("data/folds")  # <style>/ holds the shards with that style held out
     build_shards: bool = True  # False: shards/<style>/ already exist (built another way, e.g. by a test)
+    baseline: Path | None = None  # another recipe's folds.json, shown beside this one's figures
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -93,11 +94,14 @@ def run_folds(spec: FoldsSpec, runner=None) -> dict:
     for style in spec.styles:
         if not spec.build_shards and not (spec.shards / style).is_dir():
             raise MmtoolError(f"fold shards not found: {spec.shards / style}")
+    baseline = baseline_of(spec.baseline, spec.styles) if spec.baseline else None  # checked before hours of runs
     run_pipeline(plan_folds(spec), spec.out / "stamps", runner=runner)
     folds = {style: read_scores(spec.out / style) for style in spec.styles}
     report = {"config": str(spec.config), "sets": spec.sets, "folds": folds, **mean_and_worst(folds)}
     if spec.seeds:
         runs = {seed: read_scores(run) for seed, run in seed_runs(spec).items()}
         report["seeds"] = {"fold": spec.seed_fold, "runs": runs, "spread": spread(runs)}
+    if baseline:
+        report["baseline"] = baseline
     (spec.out / "folds.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -45,6 +45,18 @@ def mean_and_worst(folds: dict[str, Scores]) -> dict:
     return {"mean": mean, "worst": worst}
 
 
+def baseline_of(path: Path, folds: list[str]) -> dict:
+    """Another recipe's folds.json (e.g. the linear probe) on the same folds, to show beside this recipe."""
+    if not path.is_file():
+        raise MmtoolError(f"--baseline {path}: file not found (a folds.json written by mmtool clip-folds)")
+    other = json.loads(path.read_text())
+    missing = [fold for fold in folds if fold not in other.get("folds", {})]
+    if missing:
+        raise MmtoolError(f"--baseline {path}: has no {missing[0]} fold")
+    picked = {fold: other["folds"][fold] for fold in folds}
+    return {"config": other["config"], "folds": picked, **mean_and_worst(picked)}
+
+
 def spread(runs: dict[int, Scores]) -> dict:
     """Per figure over seeds: mean, sample standard deviation, min and max."""
     result = {}
@@ -58,17 +70,23 @@ def spread(runs: dict[int, Scores]) -> dict:
 
 
 def format_report(report: dict) -> str:
-    """folds.json as tables in %: one per split with a row per fold, the mean and the worst; then the spread."""
+    """folds.json as tables in %: one per split with a row per fold, the mean and the worst (each followed by the
+    baseline's, if any); then the spread."""
     lines = [f"CLIP {report['config']}, each style held out in turn; figures in %"]
-    width = max(len(name) for name in [*report["folds"], "worst"]) + 2
+    baseline = report.get("baseline")
+    beside = f"  {Path(baseline['config']).stem}" if baseline else ""
+    width = max(len(name) for name in [*report["folds"], "worst", beside]) + 2
     header = f"{'':<{width}}" + "".join(f"{label:>11}" for label in METRICS.values())
     for split, meaning in SPLITS.items():
         lines += ["", f"held-out style, {meaning} ({split})", header]
         for fold, scores in report["folds"].items():
             lines.append(_row(fold, width, scores[split]))
+            lines += [_row(beside, width, baseline["folds"][fold][split])] if baseline else []
         lines.append(_row("mean", width, report["mean"][split]))
+        lines += [_row(beside, width, baseline["mean"][split])] if baseline else []
         worst = report["worst"][split]
-        lines.append(_row("worst", width, {metric: worst[metric]["value"] for metric in METRICS}))
+        lines.append(_row("worst", width, _values(worst)))
+        lines += [_row(beside, width, _values(baseline["worst"][split]))] if baseline else []
         lines.append("worst fold: " + ", ".join(f"{label} {worst[m]['fold']}" for m, label in METRICS.items()))
     if "seeds" in report:
         seeds = report["seeds"]
@@ -80,6 +98,10 @@ def format_report(report: dict) -> str:
                 lines.append(f"  {split:<14} {label:<10} {s['mean']:5.1f} ± {s['std']:.1f} "
                              f"({s['min']:.1f}-{s['max']:.1f})")
     return "\n".join(lines)
+
+
+def _values(worst: dict) -> dict[str, float]:
+    return {metric: worst[metric]["value"] for metric in METRICS}
 
 
 def _row(name: str, width: int, figures: dict[str, float]) -> str:

@@ -96,6 +96,26 @@ def test_finished_folds_are_skipped_and_shards_are_built_once_for_every_recipe(t
     assert [args[0] for args in log] == ["pretrain-clip", "eval-clip", "eval-clip"]
 
 
+def test_a_baseline_recipe_is_shown_beside_every_fold_on_the_same_folds(tmp_path):
+    probe = FoldsSpec(ROOT / "configs/clip/linear_probe.yaml", tmp_path / "probe", ["noto", "twemoji"],
+                      shards=tmp_path / "folds")
+    run_folds(probe, runner=fake_mmtool([], lambda run, split: planted("twemoji-seed2", split)))
+    spec = FoldsSpec(ROOT / "configs/clip/tiny_vit.yaml", tmp_path / "run", ["twemoji"], shards=tmp_path / "folds",
+                     baseline=tmp_path / "probe" / "folds.json")
+    report = run_folds(spec, runner=fake_mmtool([], planted))
+    assert list(report["baseline"]["folds"]) == ["twemoji"]  # the baseline's other folds do not enter its mean
+    assert report["baseline"]["mean"]["heldout_val"] == pytest.approx(
+        {metric: planted("twemoji-seed2", "heldout_val")[metric] for metric in METRICS})
+    table = format_report(report).splitlines()
+    twemoji = table.index(next(line for line in table if line.startswith("twemoji")))
+    assert table[twemoji + 1].split() == ["linear_probe", "7.0", "17.0", "27.0", "83.0"]
+
+    other = FoldsSpec(ROOT / "configs/clip/tiny_vit.yaml", tmp_path / "other", ["fluent-flat"],
+                      shards=tmp_path / "folds", baseline=tmp_path / "probe" / "folds.json")
+    with pytest.raises(MmtoolError, match="--baseline .*folds.json: has no fluent-flat fold"):
+        run_folds(other, runner=fake_mmtool([], planted))
+
+
 def test_every_planned_step_parses_and_trains_on_its_own_fold(tmp_path):
     spec = FoldsSpec(ROOT / "configs/clip/default.yaml", tmp_path / "run", ["noto", "twemoji"], [0, 5], "twemoji",
                      ["train.max_steps=20"], shards=tmp_path / "folds")
