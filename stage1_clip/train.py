@@ -52,6 +52,9 @@ class ClipStage(Stage):
                                      style=cfg.data.augment)
         self.skipped_samples = 0  # unreadable samples the loader left out
 
+    def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tokenizer(texts, self.cfg.model.text.context_length)  # ids, mask [B, T]
+
     def batches(self, epoch: int, skip: int):
         planned = self.mining.loader(epoch, skip, self.augment) if self.mining else None
         return planned if planned is not None else make_train_loader(
@@ -63,7 +66,7 @@ class ClipStage(Stage):
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         inputs = []
         for batch in micro_batches:
-            input_ids, attention_mask = self.tokenizer(batch["caption"], self.cfg.model.text.context_length)
+            input_ids, attention_mask = self.tokenize(batch["caption"])
             negatives = self.mining.negative_tokens(batch["key"], step) if self.mining else None
             inputs.append((batch["image"].to(engine.device, engine.param_dtype), input_ids.to(engine.device),
                            attention_mask.to(engine.device), *(t.to(engine.device) for t in negatives or ())))
@@ -75,8 +78,7 @@ class ClipStage(Stage):
     def evaluate(self, engine: TrainEngine) -> dict:
         if self.eval_set is None:
             return {}
-        tokenize = lambda texts: self.tokenizer(texts, self.cfg.model.text.context_length)  # noqa: E731
-        return evaluate_clip(engine.module, tokenize, self.eval_set, self.cfg.eval.templates,
+        return evaluate_clip(engine.module, self.tokenize, self.eval_set, self.cfg.eval.templates,
                              self.cfg.eval.batch_size)
 
     def refresh(self, engine: TrainEngine, progress, log) -> bool:

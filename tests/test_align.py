@@ -114,6 +114,7 @@ def test_image_features_replace_placeholders_and_loss_counts_answers_only(tiny_v
         model.embed(ids[:, 3:], images)
 
 
+@pytest.mark.slow
 def test_align_trains_only_the_projector_and_the_checkpoint_reloads(emoji_shards, tmp_path):
     clip_path, llm_dir = save_tiny_clip(tmp_path / "clip.pt"), save_tiny_llm(tmp_path / "llm")
     out = tmp_path / "run"

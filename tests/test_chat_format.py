@@ -77,6 +77,7 @@ def test_bpe_zephyr_turnwise_equals_whole(num_image_tokens):
     assert ids.count(tokenizer.convert_tokens_to_ids("<image>")) == num_image_tokens
 
 
+@pytest.mark.slow
 def test_smollm2_template_turnwise_equals_whole(smollm2_tokenizer):
     turns = [{"role": "user", "content": "<image>\nWhat is this?"},
              {"role": "assistant", "content": "A grinning face."},
@@ -92,6 +93,7 @@ def test_smollm2_template_turnwise_equals_whole(smollm2_tokenizer):
     assert smollm2_tokenizer.decode(ids[-1:]) == "\n" and labels[-1] == IGNORE_INDEX
 
 
+@pytest.mark.slow
 def test_prompt_is_the_conversation_up_to_the_answer(smollm2_tokenizer):
     ids, labels = encode_conversation(smollm2_tokenizer, CONVERSATION[:2], "<image>", 2)
     prompt = encode_prompt(smollm2_tokenizer, CONVERSATION[:1], "<image>", 2)

@@ -22,6 +22,7 @@ def built(tmp_path_factory):
     return out, stats
 
 
+@pytest.mark.slow
 def test_variants_of_one_base_emoji_never_straddle_the_split(built):
     out, stats = built
     splits_of_base = defaultdict(set)
@@ -33,6 +34,7 @@ def test_variants_of_one_base_emoji_never_straddle_the_split(built):
     assert sum(stats["samples"].values()) == 250 and stats["styles"]["noto"] == {"matched": 250, "unmatched": 0}
 
 
+@pytest.mark.slow
 def test_samples_carry_captions_and_labels(built):
     out, _ = built
     samples = list(parsed_samples(resolve_shards(str(out / "*.tar")), Counter()))
@@ -43,6 +45,7 @@ def test_samples_carry_captions_and_labels(built):
     assert "wave" in waving.meta["keywords"] and waving.meta["subgroup"] == "hand-fingers-open"
 
 
+@pytest.mark.slow
 def test_meta_json_and_eval_set(built):
     out, stats = built
     meta = json.loads((out / "meta.json").read_text())
@@ -52,6 +55,7 @@ def test_meta_json_and_eval_set(built):
     assert set(eval_set["labels"]) == {"group", "subgroup"}
 
 
+@pytest.mark.slow
 def test_the_build_is_byte_for_byte_reproducible(built, tmp_path):
     out, _ = built
     build_emoji(tmp_path, image_size=32, val_fraction=0.3, limit=250, shard_size=100)

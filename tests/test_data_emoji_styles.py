@@ -99,6 +99,7 @@ def held_out(tmp_path_factory):
     return out, stats, by_split, entries
 
 
+@pytest.mark.slow
 @needs_catalogue
 def test_every_style_of_a_concept_lands_on_the_same_side_of_the_split(held_out):
     _, stats, by_split, _ = held_out
@@ -110,6 +111,7 @@ def test_every_style_of_a_concept_lands_on_the_same_side_of_the_split(held_out):
     assert {"train", "val"} <= set().union(*sides.values())
 
 
+@pytest.mark.slow
 @needs_catalogue
 def test_the_held_out_style_is_only_in_the_heldout_splits(held_out):
     out, stats, by_split, _ = held_out
@@ -124,6 +126,7 @@ def test_the_held_out_style_is_only_in_the_heldout_splits(held_out):
     assert sample.key.startswith("fluent-flat_") and sample.meta["name"] and sample.meta["subgroup"]
 
 
+@pytest.mark.slow
 @needs_catalogue
 def test_unmatched_concepts_and_unused_files_are_reported(held_out):
     out, stats, _, entries = held_out
@@ -148,6 +151,7 @@ def test_real_packages_match_every_concept_to_its_own_drawing():
         assert len(set(artwork.drawings.values())) == len(artwork.drawings)  # no drawing shows two concepts
 
 
+@pytest.mark.slow
 @needs_catalogue
 @needs_packages
 def test_a_small_real_build_in_three_styles(tmp_path):

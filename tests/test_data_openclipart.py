@@ -11,6 +11,7 @@ pytestmark = pytest.mark.skipif(not (OPENCLIPART / "svg").is_dir(),
                                 reason="apt-get install -y openclipart-png openclipart-svg")
 
 
+@pytest.mark.slow
 def test_small_build_has_captions_labels_and_a_clean_split(tmp_path):
     stats = build_openclipart(tmp_path, image_size=32, val_fraction=0.3, limit=40, shard_size=25, processes=2)
     assert sum(stats["samples"].values()) + sum(stats["skipped"].values()) == 40

@@ -26,6 +26,7 @@ def export(*args) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_onnx_clip_matches_torch_with_any_batch(tiny_clip_checkpoint, val_set, tmp_path):
     export("export-clip", tiny_clip_checkpoint, "--format", "onnx", "--out", tmp_path / "onnx")
     bundle, runtime = load_clip(tiny_clip_checkpoint), OnnxClip(tmp_path / "onnx")

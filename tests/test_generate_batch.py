@@ -1,10 +1,13 @@
 """Batched greedy generation (left padding, KV cache, stop when every row has ended) gives exactly the token ids
 of one-at-a-time generation, including rows that end early."""
+import pytest
 import torch
 
 from stage2_projector.bundle import load_vlm
 from stage3_llm.generate import generate, generate_batch
 from tests.tiny_vlm import save_tiny_vlm
+
+pytestmark = pytest.mark.slow
 
 QUESTIONS = ["What is shown?", "Describe this image briefly.", "Is this a red apple?", "What is shown?"]
 

@@ -127,6 +127,7 @@ def _accumulate_on_rank(rank: int, world: int, kind: str, k: int, out_dir: str) 
     torch.save(averaged, f"{out_dir}/rank{rank}.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_accumulation_times_ranks_equals_one_process_with_everything(tmp_path, kind):

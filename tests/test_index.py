@@ -45,6 +45,7 @@ def image_files(emoji_shards, tmp_path_factory):
     return files
 
 
+@pytest.mark.slow
 def test_text_to_image_recall_through_the_index_equals_evaluate(emoji_shards, tiny_clip_checkpoint, val_index):
     bundle = load_clip(tiny_clip_checkpoint)
     eval_set = make_eval_set(resolve_shards(str(emoji_shards / "val-*.tar")), 32)
@@ -89,6 +90,7 @@ def test_another_model_cannot_add_or_search(emoji_shards, val_index, image_files
         ImageIndex.open(val_index, model=other)
 
 
+@pytest.mark.slow
 def test_onnx_export_is_the_same_model(tiny_clip_checkpoint, image_files, tmp_path):
     """Built with the ONNX export, grown with the checkpoint: one identity, vectors within 1e-4."""
     run("export-clip", tiny_clip_checkpoint, "--format", "onnx", "--out", tmp_path / "onnx")

@@ -13,7 +13,7 @@ from torch import nn
 import stage1_clip.loss as loss_module
 from tests.dist_utils import run_on_ranks
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 WORLD, PER_RANK, IMAGE_IN, TEXT_IN, DIM = 2, 4, 6, 5, 3
 KINDS = ["clip", "siglip"]

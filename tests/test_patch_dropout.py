@@ -51,6 +51,7 @@ def test_bad_rate_is_a_config_error():
         CLIP(cfg, LossConfig(), vocab_size=20)
 
 
+@pytest.mark.slow
 def test_gradient_caching_replays_the_dropped_patches():
     """Reference: the same micro-batches forwarded with autograd in the order of the first pass, one loss."""
     loss_fn = build_loss("clip")

@@ -80,6 +80,7 @@ def test_input_affine_maps_clip_normalisation_to_lite_normalisation(effnet):
         torch.testing.assert_close(effnet(clip_normalise(pixels)), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, grid", [(64, 2), (96, 3), (100, 4)])
 def test_any_image_size_pools_to_1280(effnet, size, grid):
     images = torch.randn(2, 3, size, size)
@@ -88,6 +89,7 @@ def test_any_image_size_pools_to_1280(effnet, size, grid):
         assert effnet(images).shape == (2, 1280)
 
 
+@pytest.mark.slow
 def test_rebuilt_from_config_and_state_dict_gives_identical_outputs(effnet):
     trained = copy.deepcopy(effnet)
     trained.net._blocks[15]._bn2.running_mean.add_(0.5)  # differs from the ImageNet weights
@@ -121,6 +123,7 @@ def lit_clip():
     return cfg, CLIP(cfg.model, cfg.loss, None), tokenizer
 
 
+@pytest.mark.slow
 def test_config_rules_unlock_the_last_block_and_frozen_batchnorm_keeps_its_statistics(lit_clip):
     cfg, model, tokenizer = copy.deepcopy(lit_clip)
     groups = build_param_groups(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.param_groups)
@@ -148,6 +151,7 @@ def test_config_rules_unlock_the_last_block_and_frozen_batchnorm_keeps_its_stati
     assert "net._blocks.15._bn2.running_mean" in changed and "net._conv_head.weight" in changed
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_keeps_the_pretrained_towers(lit_clip, tmp_path):
     cfg, model, tokenizer = copy.deepcopy(lit_clip)
     model.vision.net._blocks[15]._bn2.running_mean.add_(0.5)  # as if trained: differs from the ImageNet weights

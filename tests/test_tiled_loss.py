@@ -131,6 +131,7 @@ def peak_extra_bytes(kind: str, tiled: bool, n: int) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_peak_memory_is_far_below_n_squared(kind):
     n = 8192
@@ -168,6 +169,7 @@ def ranks(request, tmp_path_factory) -> list[dict]:
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(request.param)]
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("kind", KINDS)
 def test_distributed_tiled_loss_matches_dense_on_every_rank(ranks, kind):
@@ -178,6 +180,7 @@ def test_distributed_tiled_loss_matches_dense_on_every_rank(ranks, kind):
             raise AssertionError(f"rank {rank}: {error}") from None
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_siglip_ring_rejects_unequal_batches_on_every_rank(ranks):
     sizes = list(range(PER_RANK, PER_RANK + len(ranks)))

@@ -79,7 +79,7 @@ def in_process(monkeypatch):
 
 
 @pytest.mark.parametrize("deepspeed,accum", [("fp32", 1), ("zero2_bf16", 2), ("zero3_bf16", 1)])
-def test_a_non_finite_step_is_skipped_and_counted(in_process, tmp_path, deepspeed, accum):
+def test_a_non_finite_step_is_skipped_and_counted(in_process, tmp_path, capsys, deepspeed, accum):
     stage = TinyStage(nan_steps={2})
     cfg = settings(deepspeed=f"configs/deepspeed/{deepspeed}.json", accum_steps=accum)
     train(stage, cfg, stage.batch_size, tmp_path, config={}, resume=False)
@@ -92,6 +92,8 @@ def test_a_non_finite_step_is_skipped_and_counted(in_process, tmp_path, deepspee
     assert [r["nonfinite_steps"] for r in records(tmp_path, "train")] == [0, 0] + [1] * (steps - 2)
     assert math.isnan(records(tmp_path, "train")[2]["loss"])
     assert [r["step"] for r in records(tmp_path, "val")] == [0, steps]  # before step 1, and at the end
+    printed = capsys.readouterr().out
+    assert "[eval step 0] val_loss=1" in printed and "step 3: non-finite loss, update skipped" in printed
     saved = torch.load(tmp_path / "tiny.pt", weights_only=True)
     assert all(torch.isfinite(tensor).all() for tensor in saved.values())
 
