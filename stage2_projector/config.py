@@ -27,6 +27,12 @@ class DataConfig:
     resampled: bool = False
     random_resized_crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     max_length: int = 256  # tokens per sample, image placeholders included
+    # A micro-batch's samples in one row, no padding, attention within each sample (stage2_projector/packing.py).
+    packed: bool = True
+    # The frozen tower's features, computed once per image (stage2_projector/feature_cache.py): "auto" = a
+    # feature_cache/ folder beside the train shards, or a folder, or null (off). Used only when the tower is
+    # frozen by train.param_groups and random_resized_crop_scale is [1, 1].
+    feature_cache: str | None = "auto"
     # The user turn is "<image>\n" + one of these (picked per sample, fixed by its key); the answer is the caption.
     instructions: list[str] = field(default_factory=lambda: [
         "Describe this image briefly.", "What is shown in this image?", "Give a short caption for this image.",

@@ -3,8 +3,9 @@ import zlib
 
 import torch
 
-from mmtool.chat_format import IGNORE_INDEX, encode_conversation
+from mmtool.chat_format import IGNORE_INDEX, encode_conversation, image_token_id
 from mmtool.llm import IMAGE_TOKEN
+from stage2_projector.packing import pack_batch
 
 
 def caption_turns(caption: str, instruction: str) -> list[dict]:
@@ -17,11 +18,14 @@ def pick_instruction(instructions: list[str], key: str) -> str:
 
 
 def encode_caption_batch(tokenizer, captions: list[str], keys: list[str], instructions: list[str],
-                         num_image_tokens: int, max_length: int) -> dict[str, torch.Tensor]:
-    """{"input_ids", "attention_mask", "labels"} [B, T], right-padded to the longest sample of the batch."""
+                         num_image_tokens: int, max_length: int, packed: bool = False) -> dict[str, torch.Tensor]:
+    """{"input_ids", "attention_mask", "labels"} [B, T], right-padded to the longest sample of the batch; or,
+    `packed`, one padding-free row with "position_ids" and a [1, 1, T, T] mask (stage2_projector/packing.py)."""
     encoded = [encode_conversation(tokenizer, caption_turns(caption, pick_instruction(instructions, key)), IMAGE_TOKEN,
                                    num_image_tokens, max_length=max_length, sample=f"sample {key}")
                for caption, key in zip(captions, keys)]
+    if packed:
+        return pack_batch(encoded, image_token_id(tokenizer, IMAGE_TOKEN))
     return pad_batch(encoded, tokenizer.pad_token_id)
 
 

@@ -6,10 +6,11 @@ import torch
 
 def model_inputs(batch: dict, device: torch.device, image_dtype: torch.dtype) -> tuple:
     """The VLM's forward arguments from a batch {"input_ids", "attention_mask", "pixel_values" (or None),
-    "labels"}, on `device`; images in the dtype of the weights."""
-    pixels = batch["pixel_values"]
-    return (batch["input_ids"].to(device), batch["attention_mask"].to(device),
-            None if pixels is None else pixels.to(device, image_dtype), batch["labels"].to(device))
+    "labels", "position_ids" (packed batches only)}, on `device`; images in the dtype of the weights."""
+    pixels, mask, positions = batch["pixel_values"], batch["attention_mask"], batch.get("position_ids")
+    return (batch["input_ids"].to(device), None if mask is None else mask.to(device),
+            None if pixels is None else pixels.to(device, image_dtype), batch["labels"].to(device),
+            None if positions is None else positions.to(device))
 
 
 @torch.no_grad()

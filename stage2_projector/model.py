@@ -3,6 +3,9 @@
 Image tokens follow the Hugging Face LLaVA convention: the input ids hold one `<image>` placeholder per projected
 feature, and the features replace the placeholders' embeddings in order, so the model exports as-is to
 LlavaForConditionalGeneration.
+
+Images come as pixels [B, 3, H, W] (chat, ask, export, a trainable tower) or as the frozen tower's features
+[B, N, C] (training on a feature cache); with `feature_cache` set, pixels of a frozen tower are looked up there.
 """
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,7 @@ class VisionLanguageModel(nn.Module):
         self.projector = projector
         self.llm = llm
         self.image_token_id = image_token_id
+        self.feature_cache = None  # a stage2_projector.feature_cache.FeatureCache while training on a frozen tower
 
     def train(self, mode: bool = True) -> "VisionLanguageModel":
         super().train(mode)
@@ -28,14 +32,21 @@ class VisionLanguageModel(nn.Module):
                 part.eval()  # frozen parts run as at inference: no dropout, BatchNorm statistics kept
         return self
 
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, H, W] or features [B, N, C] -> the projector's input [B, N, C]."""
+        if images.ndim == 3:
+            return images
+        if self.feature_cache is None:
+            return self.vision(images)  # [B, N, C]
+        return self.feature_cache.features(images, self.vision)  # [B, N, C]
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, N, D_llm] image token embeddings."""
-        features = self.vision(images)  # [B, N, C]
-        return self.projector(features.to(self._projector_dtype()))  # [B, N, D_llm]
+        """Pixels [B, 3, H, W] or tower features [B, N, C] -> [B, N, D_llm] image token embeddings."""
+        return self.projector(self.image_features(images).to(self._projector_dtype()))  # [B, N, D_llm]
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """LLM input embeddings [B, T, D_llm] with the i-th image's features written, in order, over its
-        placeholders; every sample must hold exactly N placeholders per image."""
+        placeholders; every sample must hold exactly N placeholders per image. `images`: pixels or features."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # [B, T, D]
         is_image = input_ids == self.image_token_id  # [B, T]
         if images is None:
@@ -49,12 +60,14 @@ class VisionLanguageModel(nn.Module):
                               f"of {image_embeds.shape[1]} tokens each")
         return embeds.masked_scatter(is_image.unsqueeze(-1), image_embeds.to(embeds.dtype))  # [B, T, D]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, images: torch.Tensor | None,
-                labels: torch.Tensor | None = None) -> dict:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, images: torch.Tensor | None,
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> dict:
         """{"logits" [B, T, V]} and, given labels, {"loss_sum", "tokens", "loss"}: next-token cross-entropy over
-        the supervised (label != -100) positions, summed and averaged."""
+        the supervised (label != -100) positions, summed and averaged. A packed batch (stage2_projector/packing.py)
+        gives a [1, 1, T, T] attention mask and the samples' own position_ids."""
         embeds = self.embed(input_ids, images)  # [B, T, D]
-        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits  # [B, T, V]
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).logits  # [B, T, V]
         out = {"logits": logits}
         if labels is not None:
             out.update(answer_loss(logits, labels))

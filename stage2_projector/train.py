@@ -14,6 +14,8 @@ from stage2_projector.bundle import MODEL_FILE, VlmBundle, build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
 from stage2_projector.data import encode_caption_batch
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
+from stage2_projector.feature_cache import open_feature_cache
+from stage2_projector.packing import batch_tokens
 
 
 def align(cfg: AlignConfig, out: Path, resume: bool = False, bundle: VlmBundle | None = None) -> dict:
@@ -38,6 +40,11 @@ class AlignStage(Stage):
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())
         self.val_set = make_val_set(cfg, self.image_size) if cfg.data.val else None
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
+        # A random crop gives a new view each epoch: nothing to reuse.
+        unaugmented = self.augment.random_resized_crop_scale == (1.0, 1.0)
+        self.model.feature_cache = self.cache = open_feature_cache(
+            self.model, bundle.record, cfg.data.feature_cache if unaugmented else None, Path(self.urls[0]).parent,
+            cfg.train)
 
     def batches(self, epoch: int, skip: int):
         return make_train_loader(
@@ -49,13 +56,13 @@ class AlignStage(Stage):
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         tokens = 0
         for batch in micro_batches:
-            inputs = model_inputs(encode(self.bundle, self.cfg, batch["caption"], batch["key"], batch["image"]),
-                                  engine.device, engine.param_dtype)
-            outputs = engine(*inputs)
+            encoded = encode(self.bundle, self.cfg, batch["caption"], batch["key"], batch["image"])
+            outputs = engine(*model_inputs(encoded, engine.device, engine.param_dtype))
             engine.backward(outputs["loss"])
             engine.step()
-            tokens += int(inputs[1].sum())  # attention mask: the tokens this micro-batch trained on
-        return StepResult(outputs["loss"], samples=sum(len(b["caption"]) for b in micro_batches), tokens=tokens)
+            tokens += batch_tokens(encoded)
+        return StepResult(outputs["loss"], samples=sum(len(b["caption"]) for b in micro_batches), tokens=tokens,
+                          stats=self.cache.stats() if self.cache else {})
 
     def evaluate(self, engine: TrainEngine) -> dict:
         if self.val_set is None:
@@ -69,9 +76,10 @@ class AlignStage(Stage):
 
 
 def encode(bundle: VlmBundle, cfg: AlignConfig, captions: list[str], keys: list[str], images: torch.Tensor) -> dict:
-    """A batch of caption conversations: {"input_ids", "attention_mask", "labels"} [B, T], "pixel_values"."""
+    """A batch of caption conversations: {"input_ids", "attention_mask", "labels"} [B, T] (or packed, see
+    encode_caption_batch), "pixel_values"."""
     batch = encode_caption_batch(bundle.tokenizer, captions, keys, cfg.data.instructions, bundle.num_image_tokens,
-                                 cfg.data.max_length)
+                                 cfg.data.max_length, packed=cfg.data.packed)
     return {**batch, "pixel_values": images}
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from mmtool.chat_format import IGNORE_INDEX, encode_conversation
 from mmtool.data.images import BadSample, load_image
 from mmtool.errors import MmtoolError
+from stage2_projector.packing import pack_batch
 
 IMAGE_MARKER = "<image>"
 ROLE_OF = {"human": "user", "gpt": "assistant"}
@@ -156,9 +157,16 @@ class ConversationDataset(torch.utils.data.Dataset):
         return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
 
 
-def collate_conversations(items: list[dict], pad_id: int) -> dict:
-    """Right-padded batch; pixel_values stacks the images of the samples that have one, in order (the
-    Hugging Face LLaVA convention: image i fills the i-th run of image tokens)."""
+def collate_conversations(items: list[dict], pad_id: int, packed: bool = False,
+                          image_token_id: int | None = None) -> dict:
+    """Right-padded batch, or with `packed` one padding-free row (stage2_projector/packing.py); pixel_values
+    stacks the images of the samples that have one, in order (the Hugging Face LLaVA convention: image i fills
+    the i-th run of image tokens)."""
+    images = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
+    pixel_values = torch.stack(images) if images else None  # [N_images, 3, S, S]
+    if packed:
+        return {**pack_batch([(item["input_ids"], item["labels"]) for item in items], image_token_id),
+                "pixel_values": pixel_values}
     length = max(len(item["input_ids"]) for item in items)
     input_ids = torch.full((len(items), length), pad_id, dtype=torch.long)  # [B, T]
     labels = torch.full((len(items), length), IGNORE_INDEX, dtype=torch.long)  # [B, T]
@@ -168,7 +176,4 @@ def collate_conversations(items: list[dict], pad_id: int) -> dict:
         input_ids[row, :size] = torch.tensor(item["input_ids"])
         labels[row, :size] = torch.tensor(item["labels"])
         attention_mask[row, :size] = 1
-    images = [item["pixel_values"] for item in items if item["pixel_values"] is not None]
-    batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-    batch["pixel_values"] = torch.stack(images) if images else None  # [N_images, 3, S, S]
-    return batch
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "pixel_values": pixel_values}

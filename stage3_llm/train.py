@@ -15,6 +15,8 @@ from mmtool.errors import MmtoolError
 from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, train
 from stage2_projector.bundle import MODEL_FILE, VlmBundle, resolve_model_file
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
+from stage2_projector.feature_cache import open_feature_cache
+from stage2_projector.packing import batch_tokens
 from stage3_llm.bundle import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
@@ -79,7 +81,10 @@ class FinetuneStage(Stage):
         self.samples = len(self.train_set)
         self.batches_per_epoch = cfg.train.accum_steps * steps_per_epoch(
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())
-        self.collate = partial(collate_conversations, pad_id=bundle.tokenizer.pad_token_id)
+        self.collate = partial(collate_conversations, pad_id=bundle.tokenizer.pad_token_id, packed=cfg.data.packed,
+                               image_token_id=bundle.llm.image_token_id)
+        self.model.feature_cache = self.cache = open_feature_cache(
+            self.model, bundle.record, cfg.data.feature_cache, Path(cfg.data.train).parent, cfg.train)
 
     def batches(self, epoch: int, skip: int):
         batches = epoch_batches(self.samples, self.cfg.data.batch_size, self.cfg.train.seed, epoch,
@@ -87,6 +92,7 @@ class FinetuneStage(Stage):
         return batches[skip:]
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
+        tokens = 0
         for micro_step, indices in enumerate(micro_batches):
             # Dropout (LoRA's too) draws from a generator seeded by the position in training, so a resumed run
             # repeats an uninterrupted one exactly (DeepSpeed states hold no RNG state).
@@ -95,7 +101,9 @@ class FinetuneStage(Stage):
             outputs = engine(*model_inputs(batch, engine.device, engine.param_dtype))
             engine.backward(outputs["loss"])
             engine.step()
-        return StepResult(outputs["loss"], samples=sum(len(indices) for indices in micro_batches))
+            tokens += batch_tokens(batch)
+        return StepResult(outputs["loss"], samples=sum(len(indices) for indices in micro_batches), tokens=tokens,
+                          stats=self.cache.stats() if self.cache else {})
 
     def evaluate(self, engine: TrainEngine) -> dict:
         if self.val_set is None:
