@@ -43,7 +43,8 @@ def load_deepspeed_config(path: str | Path) -> dict:
 
 
 class TrainEngine:
-    """A DeepSpeed engine plus the bits every stage needs around it (lr, precision, state export)."""
+    """A DeepSpeed engine plus the bits every stage needs around it (lr, precision, state export, and no update
+    from a step whose loss was non-finite on some rank)."""
 
     def __init__(self, model: torch.nn.Module, ds_config_path: str | Path, micro_batch_size: int,
                  optim: OptimSettings, accum_steps: int = 1):
