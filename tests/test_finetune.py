@@ -161,11 +161,15 @@ def test_metrics_hand_computed(answer, reference, exact, contains):
 
 
 def test_score_by_task():
-    results = [{"task": "what", "exact_match": True, "contains_answer": True},
-               {"task": "what", "exact_match": False, "contains_answer": True},
-               {"task": "yesno", "exact_match": False, "contains_answer": False},
-               {"task": "yesno", "exact_match": True, "contains_answer": True}]
-    assert score(results) == {"all": {"n": 4, "exact_match": 0.5, "contains_answer": 0.75},
-                              "what": {"n": 2, "exact_match": 0.5, "contains_answer": 1.0},
-                              "yesno": {"n": 2, "exact_match": 0.5, "contains_answer": 0.5}}
+    results = [{"task": "what", "reference": "cat", "exact_match": True, "contains_answer": True},
+               {"task": "what", "reference": "dog", "exact_match": False, "contains_answer": True},
+               {"task": "yesno", "reference": "No.", "exact_match": False, "contains_answer": False},
+               {"task": "yesno", "reference": "No.", "exact_match": True, "contains_answer": True}]
+    scores = score(results)
+    rates = {task: {k: row[k] for k in ("n", "exact_match", "contains_answer")} for task, row in scores.items()}
+    assert rates == {"all": {"n": 4, "exact_match": 0.5, "contains_answer": 0.75},
+                     "what": {"n": 2, "exact_match": 0.5, "contains_answer": 1.0},
+                     "yesno": {"n": 2, "exact_match": 0.5, "contains_answer": 0.5}}
+    assert scores["yesno"]["majority"]["rate"] == 1.0 and scores["what"]["majority"]["rate"] == 0.5
+    assert scores["all"]["majority"]["rate"] == 0.75
     assert normalize("  Flag of  JAPAN! ") == "flag of japan"
