@@ -8,12 +8,20 @@ from mmtool.llm import add_image_token
 from stage2_projector.bundle import build_vlm
 from stage2_projector.config import AlignConfig, ModelConfig
 from stage2_projector.data import encode_caption_batch
-from stage2_projector.model import answer_loss
 from stage2_projector.packing import batch_tokens, pack_batch, shared_prefix_length
 from stage3_llm.conversations import collate_conversations
 from tests.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, tiny_llama
 
 INSTRUCTIONS = ["Describe this image briefly.", "What is shown?"]
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The reference: full logits [B, T, V], token t predicts label t+1, -100 does not count."""
+    targets = labels[:, 1:]  # [B, T-1]
+    tokens = (targets != IGNORE_INDEX).sum()
+    loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="sum")
+    return {"loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
 
 
 def random_samples(vocab: int, lengths: list[int], seed: int = 0) -> list[tuple[list[int], list[int]]]:
@@ -131,14 +139,22 @@ def test_packed_captions_give_the_padded_loss_with_images_in_order(tiny_vlm):
         ours = model(packed["input_ids"], packed["attention_mask"], images, packed["labels"], packed["position_ids"])
         swapped = model(packed["input_ids"], packed["attention_mask"], images.flip(0), packed["labels"],
                         packed["position_ids"])
+        # without labels: every position's logits, for the per-sample reference
+        reference_logits = model(padded["input_ids"], padded["attention_mask"], images)["logits"]  # [B, T, V]
+        ours_logits = model(packed["input_ids"], packed["attention_mask"], images, None,
+                            packed["position_ids"])["logits"]  # [1, T', V]
     assert ours["tokens"] == reference["tokens"]
     torch.testing.assert_close(ours["loss"], reference["loss"], atol=1e-5, rtol=1e-5)
+    # the model sends only the predicting positions through the output layer: the same loss as all of them
+    full = answer_loss(reference_logits, padded["labels"])
+    assert full["tokens"] == reference["tokens"] and reference["logits"].shape[0] == int(full["tokens"])
+    torch.testing.assert_close(reference["loss_sum"], full["loss_sum"], atol=1e-5, rtol=1e-6)
     lengths = padded["attention_mask"].sum(1).tolist()
     prefix = shared_prefix_length([(row[:n].tolist(), labels[:n].tolist()) for row, labels, n in
                                    zip(padded["input_ids"], padded["labels"], lengths)], tiny_vlm.llm.image_token_id)
     assert prefix > 0 and batch_tokens(packed) == sum(lengths) - prefix * 2
-    by_segment = packed_loss_sums(ours["logits"][0], packed["labels"][0], lengths, prefix)
-    by_row = torch.cat([per_sample_loss_sums(reference["logits"][row], padded["labels"][row], [0], [length])
+    by_segment = packed_loss_sums(ours_logits[0], packed["labels"][0], lengths, prefix)
+    by_row = torch.cat([per_sample_loss_sums(reference_logits[row], padded["labels"][row], [0], [length])
                         for row, length in enumerate(lengths)])
     torch.testing.assert_close(by_segment, by_row, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(swapped["loss"], reference["loss"], atol=1e-4)  # the images' order matters
