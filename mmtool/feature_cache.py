@@ -1,0 +1,138 @@
+"""A frozen tower's outputs on disk, computed once per exact input and read back on every later use.
+
+Shared by every stage that runs a frozen tower (stage 1's locked text tower and frozen image trunk, stages 2-3's
+image tower). The stage names what it caches in a namespace (the tower's weights hash, its layer or cut point,
+input size, precision...); the namespace's digest is the folder, so a changed tower never sees old entries.
+
+Key: sha256 of the tower's exact input tensor (shape, dtype, values): for images the decoded, resized, augmented
+and normalised pixels, for text the token ids and mask. A different view of an image is a different key, so an
+augmentation can never be served a stale view. One file per input, written to a temporary name and renamed, so a
+crash or two ranks writing the same entry never leave a torn file.
+
+Ranks agree on hit or miss per batch (a miss anywhere runs the tower everywhere): under ZeRO-3 a tower's weights
+are gathered collectively, so every rank must run it, or none.
+"""
+import hashlib
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from mmtool import distributed
+from mmtool.checkpoint import atomic_write
+from mmtool.optim import ParamGroupRule
+
+FOLDER = "feature_cache"
+
+
+class FeatureCache:
+    """`label` prefixes the train-log fields (two caches in one run log apart)."""
+
+    def __init__(self, root: Path, namespace: dict, label: str = "feature_cache"):
+        self.namespace, self.label = namespace, label
+        digest = hashlib.sha256(json.dumps(namespace, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(root) / digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        description = self.folder / "namespace.json"
+        if not description.is_file():
+            atomic_write(description, lambda tmp: tmp.write_text(json.dumps(namespace, indent=1, sort_keys=True)))
+        self.entries, self.bytes = folder_size(self.folder)
+        self.hits = self.misses = 0  # inputs looked up by this process
+
+    def features(self, inputs: torch.Tensor, tower) -> torch.Tensor:
+        """[B, ...] -> [B, ...]: read back when every input of the batch (on every rank) is cached, else
+        `tower(inputs)`, whose rows are then stored."""
+        keys = [image_key(row) for row in inputs]
+        cached = [self._read(key) for key in keys]
+        if all_ranks(all(entry is not None for entry in cached), inputs.device):
+            self.hits += len(keys)
+            return torch.stack(cached).to(inputs.device)  # [B, ...]
+        features = tower(inputs)  # [B, ...]
+        missing = {key: row for key, entry, row in zip(keys, cached, features.detach()) if entry is None}
+        for key, row in missing.items():  # an input twice in a batch is written once
+            self._write(key, row)
+        self.misses += sum(entry is None for entry in cached)
+        return features
+
+    def stats(self) -> dict:
+        """For the train log: the cache's size and this process's hit rate so far."""
+        looked_up = self.hits + self.misses
+        return {f"{self.label}_mb": self.bytes / 2**20, f"{self.label}_entries": self.entries,
+                f"{self.label}_hit_rate": self.hits / looked_up if looked_up else 0.0}
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.pt"
+
+    def _read(self, key: str) -> torch.Tensor | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return torch.load(path, weights_only=True)
+
+    def _write(self, key: str, row: torch.Tensor) -> None:
+        buffer = io.BytesIO()
+        torch.save(row.cpu().clone(), buffer)  # clone: save this row, not the whole batch's storage
+        atomic_write(self._path(key), lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        self.entries += 1
+        self.bytes += buffer.tell()
+
+
+def image_key(tensor: torch.Tensor) -> str:
+    """sha256 of one input row (a preprocessed image [3, H, W], token ids...): its shape, dtype and values."""
+    tensor = tensor.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, shapes, dtypes, values): the weights it computes with."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def precision_of(deepspeed_config: dict) -> dict:
+    """The parts of a DeepSpeed config that change what a tower computes."""
+    return {key: deepspeed_config.get(key) for key in ("torch_autocast", "bf16", "fp16")}
+
+
+def frozen_by_rules(module: torch.nn.Module, prefix: str, lr: float, rules: list[ParamGroupRule]) -> bool:
+    """True when every parameter of `module` (named `prefix` + name in the model) gets lr 0 from the param
+    groups (first matching rule wins, as mmtool.optim.build_param_groups) or is already frozen."""
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
+    for name, param in module.named_parameters():
+        group_lr = lr
+        for regex, rule in compiled:
+            if regex.search(prefix + name):
+                group_lr = rule.lr if rule.lr is not None else lr
+                break
+        if group_lr != 0 and param.requires_grad:
+            return False
+    return True
+
+
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """`flag` and-ed over the ranks (itself on one process)."""
+    if distributed.world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def folder_size(folder: Path) -> tuple[int, int]:
+    """(entries, bytes) of the cache files under `folder`."""
+    entries = total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.endswith(".pt"):
+                entries += 1
+                total += os.path.getsize(os.path.join(root, name))
+    return entries, total
