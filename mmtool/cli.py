@@ -164,11 +164,16 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
 ):
     """Answer a question about an image, streaming the answer."""
+    from mmtool.data.images import BadSample, load_image
     from stage3_llm.bundle import load_finetuned
     from stage3_llm.generate import generate
 
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
+    try:
+        load_image(image.read_bytes())  # refused before the model loads
+    except BadSample as err:
+        raise MmtoolError(f"--image {image}: {err}") from None
     bundle = load_finetuned(model, llm)
     generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
              bundle.num_image_tokens, max_new_tokens, temperature,

@@ -50,6 +50,8 @@ def open_image(data: bytes) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise BadSample("bomb", str(err)) from err
+    except MemoryError as err:  # a legal size whose decoding still does not fit: this sample, not the run, fails
+        raise BadSample("out_of_memory", "decoding needs more memory than is free") from err
     except Exception as err:  # Pillow raises many types (OSError, SyntaxError, ValueError, ...) on bad bytes
         raise BadSample("unreadable_image", f"{type(err).__name__}: {err}") from err
 
@@ -79,16 +81,22 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
-    """Shorter side to `size` (bicubic), centre crop, CLIP normalisation -> [3, size, size] float32."""
+    """Shorter side to `size` (bicubic), centre crop, CLIP normalisation -> [3, size, size] float32.
+
+    Only the crop is resampled (Pillow's resize `box`), with the coordinates the full resize would map it from:
+    the same pixels, but work and memory stay O(size²) however tall or wide the image (a 1x65536 image would
+    otherwise be scaled up to 224x14.7M pixels first)."""
     width, height = img.size
     scale = size / min(width, height)
     # Rounding as torchvision's Resize does: the long side is truncated.
     new_size = (size, int(height * scale)) if width <= height else (int(width * scale), size)
-    if new_size != img.size:
-        img = img.resize(new_size, Image.BICUBIC)
     left = int(round((new_size[0] - size) / 2.0))
     top = int(round((new_size[1] - size) / 2.0))
-    return to_normalized_tensor(img.crop((left, top, left + size, top + size)))
+    if new_size == img.size:
+        return to_normalized_tensor(img.crop((left, top, left + size, top + size)))
+    x_scale, y_scale = width / new_size[0], height / new_size[1]  # input pixels per resized pixel
+    box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
+    return to_normalized_tensor(img.resize((size, size), Image.BICUBIC, box=box))
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,

@@ -4,6 +4,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from mmtool.data.images import BadSample
 from mmtool.data.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.index.embed import thumbnail_name
@@ -38,7 +39,11 @@ def ask(index: ImageIndex, bundle, question: str, k: int = 1, max_new_tokens: in
     """Searches the index with the question, answers it about the top hit; `candidates` are the k best hits."""
     hits = index.search(text=question, k=k)
     image, source = hit_image(index, hits[0])
-    tokens = generate(bundle.model, bundle.tokenizer, bundle.preprocess(image), question, bundle.num_image_tokens,
-                      max_new_tokens, temperature, on_text)
+    try:
+        pixels = bundle.preprocess(image)
+    except BadSample as err:
+        raise MmtoolError(f"{hits[0].path} ({source}): {err}") from None
+    tokens = generate(bundle.model, bundle.tokenizer, pixels, question, bundle.num_image_tokens, max_new_tokens,
+                      temperature, on_text)
     return {"question": question, "answer": bundle.tokenizer.decode(tokens, skip_special_tokens=True),
             "image": {**hits[0].as_dict(), "image_source": source}, "candidates": [hit.as_dict() for hit in hits]}
