@@ -19,6 +19,9 @@ app.add_typer(tokenizer_app, name="tokenizer")
 add_retrieval_commands(app)
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.lr=1e-4")]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from the latest training state in --out")]
+OverwriteOption = Annotated[bool, typer.Option(help="Start over in an --out that holds another run: its files are "
+                                                    "removed first (the folder's other files are kept)")]
 
 
 @app.command("pretrain-clip")
@@ -26,15 +29,19 @@ def pretrain_clip(
     config: Annotated[Path, typer.Option(help="YAML under configs/clip/")] = Path("configs/clip/tiny_vit.yaml"),
     overrides: SetOption = None,
     out: Annotated[Path, typer.Option(help="Output folder: clip.pt, metrics, training states")] = Path("ckpt/clip"),
-    resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
 ):
     """Pretrain CLIP (or SigLIP) towers with DeepSpeed; evaluate on the val split; write OUT/clip.pt."""
     from mmtool import distributed
     from mmtool.config import load_config
+    from mmtool.train_state import claim_out
     from stage1_clip.config import ClipConfig
     from stage1_clip.train import pretrain_clip as run
 
-    run(load_config(ClipConfig, config, overrides or []), out, resume=resume)
+    cfg = load_config(ClipConfig, config, overrides or [])
+    claim_out(out, resume, overwrite)
+    run(cfg, out, resume=resume)
     distributed.exit_cleanly()
 
 
@@ -139,18 +146,22 @@ def align(
     config: Annotated[Path, typer.Option(help="YAML under configs/align/")] = Path("configs/align/emoji.yaml"),
     overrides: SetOption = None,
     out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, metrics, training states")] = Path("ckpt/align"),
-    resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
 ):
     """Stage 2: train a projector from a frozen stage-1 image tower into a frozen LLM; write OUT/vlm.pt."""
     from mmtool import distributed
     from mmtool.config import load_config
+    from mmtool.train_state import claim_out
     from stage2_projector.config import AlignConfig
     from stage2_projector.train import align as run
 
     sets = list(overrides or [])
     sets += [f"model.vision={vision}"] if vision else []
     sets += [f"model.llm={llm}"] if llm else []
-    run(load_config(AlignConfig, config, sets), out, resume=resume)
+    cfg = load_config(AlignConfig, config, sets)
+    claim_out(out, resume, overwrite)
+    run(cfg, out, resume=resume)
     distributed.exit_cleanly()
 
 
@@ -190,18 +201,22 @@ def finetune(
     overrides: SetOption = None,
     out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, adapter/, metrics, training states")]
     = Path("ckpt/llava"),
-    resume: Annotated[bool, typer.Option(help="Continue from the latest training state in --out")] = False,
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
 ):
     """Stage 3: instruction-tune an aligned model (LoRA + projector by default); write OUT/vlm.pt and OUT/adapter/."""
     from mmtool import distributed
     from mmtool.config import load_config
+    from mmtool.train_state import claim_out
     from stage3_llm.config import FinetuneConfig
     from stage3_llm.train import finetune as run
 
     sets = list(overrides or [])
     sets += [f"model.base={model}"] if model else []
     sets += [f"data.train={data}"] if data else []
-    run(load_config(FinetuneConfig, config, sets), out, resume=resume)
+    cfg = load_config(FinetuneConfig, config, sets)
+    claim_out(out, resume, overwrite)
+    run(cfg, out, resume=resume)
     distributed.exit_cleanly()
 
 

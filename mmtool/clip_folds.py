@@ -81,7 +81,8 @@ def _run_steps(spec: FoldsSpec, style: str, name: str, run: Path, seed_sets: lis
     sets = [f"data.train={data}/train-*.tar", f"data.val={data}/val-*.tar", *spec.sets, *seed_sets]
     train = Step(f"pretrain-clip:{name}", ["pretrain-clip", "--config", str(spec.config), "--out", str(run),
                                            *_sets(sets)],
-                 [run / "clip.pt"], [spec.config], after=[f"shards:{style}"] if spec.build_shards else [])
+                 [run / "clip.pt"], [spec.config], after=[f"shards:{style}"] if spec.build_shards else [],
+                 trains=True)
     evals = [Step(f"eval-clip:{name}:{split}", ["eval-clip", str(run / "clip.pt"), "--data",
                                                 str(data / f"{split}-*.tar"), "--json", str(eval_json(run, split))],
                   [eval_json(run, split)], after=[train.name], metrics=eval_json(run, split))

@@ -69,6 +69,12 @@ class Step:
     # Where the step records its fingerprint when not in the run's stamps folder: outputs shared by several runs
     # (shards every recipe reads) keep their stamp beside them, so the first run to build them is the only one.
     stamps: Path | None = None
+    # A training command: its --out is this pipeline's own folder, and a stale or cut-short run there is replaced
+    # (--overwrite, added when it runs so that the fingerprint stays the command the user would type).
+    trains: bool = False
+
+    def command(self) -> list[str]:
+        return [*self.args, "--overwrite"] if self.trains else self.args
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
@@ -83,7 +89,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     steps = [Step("emoji-shards", emoji_args, [data / "meta.json"])]
     steps.append(Step("pretrain-clip", ["pretrain-clip", "--config", cfg.clip.config, "--out", str(clip),
                                         *_sets(cfg.clip.set)],
-                      [clip / "clip.pt"], [Path(cfg.clip.config)], ["emoji-shards"]))
+                      [clip / "clip.pt"], [Path(cfg.clip.config)], ["emoji-shards"], trains=True))
     for split in eval_splits:
         steps.append(Step(f"eval-clip:{split}", ["eval-clip", str(clip / "clip.pt"), "--data", shards(split),
                                                   "--json", str(clip / f"eval_{split}.json")],
@@ -99,14 +105,14 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                                 "--config", cfg.align.config, "--out", str(align),
                                 *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
                                         *cfg.align.set])],
-                      [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"]))
+                      [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"], trains=True))
     instruct_shards = str(data / ("{" + ",".join(["train", *eval_splits]) + "}-*.tar"))
     steps.append(Step("instructions", ["data", "instructions", "--shards", instruct_shards, "--out", str(instruct)],
                       [instruct / "train.json", instruct / "val.json"], after=["emoji-shards"]))
     steps.append(Step("finetune", ["finetune", "--model", str(align), "--data", str(instruct / "train.json"),
                                    "--config", cfg.finetune.config, "--out", str(llava),
                                    *_sets([f"data.val={instruct / 'val.json'}", *cfg.finetune.set])],
-                      [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"]))
+                      [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"], trains=True))
     for split in eval_splits:  # each with its majority, blind and tower baselines
         steps.append(Step(f"eval-llava:{split}",
                           ["eval-llava", "--model", str(llava), "--data", str(instruct / f"{split}.json"),
@@ -164,16 +170,16 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
             continue
         rerun.add(step.name)  # what reads this step's outputs must be redone too
         if not record:
-            runner(step.args)
+            runner(step.command())
             rows.append({"step": step.name, "status": "to run", "seconds": 0.0, "result": ""})
             continue
-        print(f"\n== {step.name}: mmtool {' '.join(step.args)}", flush=True)
+        print(f"\n== {step.name}: mmtool {' '.join(step.command())}", flush=True)
         if recorded and step.replaces_outputs:
             for folder in step.outputs:
                 shutil.rmtree(folder, ignore_errors=True)
         stamp.unlink(missing_ok=True)  # a step that fails half-way is never taken as done
         started = time.perf_counter()
-        runner(step.args)
+        runner(step.command())
         seconds = round(time.perf_counter() - started, 1)
         missing = [str(p) for p in step.outputs if not p.exists()]
         if missing:

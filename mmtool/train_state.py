@@ -1,22 +1,52 @@
-"""Resumable DeepSpeed training states kept under a run folder, newest `keep` only (stages 2 and 3)."""
+"""A run folder (--out): who may start in it, and the resumable DeepSpeed training states kept under it."""
+import os
+import re
 import shutil
 from pathlib import Path
 
 from mmtool import distributed
 from mmtool.engine import TrainEngine
+from mmtool.errors import MmtoolError
 
 STATE_DIR = "state"  # under --out
+STATE_TAG = re.compile(r"step(\d+)")
+# What says a folder holds a run, and what --overwrite clears: every file a training run writes under --out.
+RUN_MARKERS = ("config.json", STATE_DIR, "metrics.jsonl")
+RUN_FILES = (*RUN_MARKERS, "tensorboard", "eval.json", "tokenizer.model", "clip.pt", "clip.safetensors", "vlm.pt",
+             "vlm.safetensors", "adapter")
+
+
+def claim_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Before a run writes anything: a folder holding another run is refused unless the run continues it
+    (--resume) or replaces it (--overwrite: that run's files are removed, the folder's other files kept)."""
+    if resume and overwrite:
+        raise MmtoolError("--resume and --overwrite exclude each other: continue the run in --out, or start over")
+    held = [name for name in RUN_MARKERS if (out / name).exists()]
+    if resume or not held:
+        return
+    if not overwrite:
+        raise MmtoolError(f"--out {out} already holds a run ({', '.join(held)}): pass --resume to continue it or "
+                          "--overwrite to start over")
+    if os.environ.get("RANK", "0") == "0":  # the process group is not up yet: the launcher's rank says who clears
+        for name in RUN_FILES:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 def save_rotating_state(engine: TrainEngine, out: Path, step: int, client_state: dict, keep: int) -> None:
-    """Writes state tag `step<N>` (every rank takes part), then rank 0 deletes all but the newest `keep` tags."""
+    """Writes state tag `step<N>` (every rank takes part), then rank 0 deletes all but the newest `keep` tags;
+    other folders under state/ are not the run's to delete."""
     state_dir = out / STATE_DIR
     engine.save_state(state_dir, f"step{step}", client_state)
     distributed.barrier()
     if distributed.is_main():
-        tags = sorted((p for p in state_dir.glob("step*") if p.is_dir()), key=lambda p: int(p.name[4:]))
-        for old in tags[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        tags = {int(match[1]): path for path in state_dir.iterdir()
+                if path.is_dir() and (match := STATE_TAG.fullmatch(path.name))}
+        for old in sorted(tags)[:-keep]:
+            shutil.rmtree(tags[old], ignore_errors=True)
 
 
 def load_latest_state(engine: TrainEngine, out: Path) -> dict:

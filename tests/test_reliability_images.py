@@ -79,7 +79,8 @@ def test_chat_refuses_an_unreadable_image_in_one_line(tmp_path):
                            "--model", str(tmp_path / "vlm.pt"), "--image", str(garbage)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.startswith(f"mmtool: error: --image {garbage}: unreadable_image") and done.stderr.count("\n") == 1
+    assert done.stderr.startswith(f"mmtool: error: --image {garbage}: unreadable_image")
+    assert done.stderr.count("\n") == 1
 
 
 def test_ask_refuses_an_unreadable_hit_image_in_one_line(monkeypatch):
