@@ -90,11 +90,17 @@ def image_key(tensor: torch.Tensor) -> str:
 
 def weights_sha256(module: torch.nn.Module) -> str:
     """sha256 over a module's state dict (names, shapes, dtypes, values): the weights it computes with."""
+    return state_sha256(module.state_dict())
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over named tensors (names, shapes, dtypes, values), in name order."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -106,8 +112,13 @@ def precision_of(deepspeed_config: dict) -> dict:
 def frozen_by_rules(module: torch.nn.Module, prefix: str, lr: float, rules: list[ParamGroupRule]) -> bool:
     """True when every parameter of `module` (named `prefix` + name in the model) gets lr 0 from the param
     groups (first matching rule wins, as mmtool.optim.build_param_groups) or is already frozen."""
+    return all_frozen(module.named_parameters(), prefix, lr, rules)
+
+
+def all_frozen(named_parameters, prefix: str, lr: float, rules: list[ParamGroupRule]) -> bool:
+    """frozen_by_rules over (name, parameter) pairs."""
     compiled = [(re.compile(rule.pattern), rule) for rule in rules]
-    for name, param in module.named_parameters():
+    for name, param in named_parameters:
         group_lr = lr
         for regex, rule in compiled:
             if regex.search(prefix + name):

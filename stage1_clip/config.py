@@ -85,6 +85,13 @@ class DataConfig:
     # templates and keyword dropout), all off by default: see mmtool/data/augment.py.
     augment: StyleAugment = field(default_factory=StyleAugment)
     label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
+    # Frozen towers computed once (stage1_clip/feature_cache.py), in feature_cache/ beside the train shards: the
+    # locked text tower per caption, the frozen image trunk per image view. Applies only where the param groups
+    # freeze a tower (or EfficientNet-Lite0's first stages) and batches stream (batch_composition random).
+    feature_cache: bool = True
+    # With the image-trunk cache: fixed augmented views per image, one picked per sample and epoch (instead of a
+    # fresh augmentation every epoch); fewer views, more cache hits and less augmentation diversity.
+    cached_views: int = 2
     # Hard negatives (stage1_clip/hard_negatives.py): random (streamed) | same_label (each batch from one
     # batch_label group) | knn (clusters of the current model's embeddings, rebuilt every hard_negative_refresh
     # steps). same_label, knn and loss.mined_negatives hold the training set in memory, up to max_indexed_samples.

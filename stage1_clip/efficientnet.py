@@ -57,6 +57,39 @@ class EfficientNetLite0Tower(nn.Module):
         x = images.to(self.input_scale.dtype) * self.input_scale + self.input_shift  # [B, 3, H, W]
         return x.contiguous(memory_format=torch.channels_last)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.net.extract_features(self.lite_input(images))  # [B, 1280, ceil(H/32), ceil(W/32)]
+    # Stages: 0 = stem, 1..16 = blocks 0..15, 17 = head conv. `prefix` runs the first `cut` of them and `finish`
+    # the rest, so a frozen prefix's output can be cached (stage1_clip/feature_cache.py); forward is both.
+
+    def num_stages(self) -> int:
+        return len(self.net._blocks) + 2
+
+    def stage_parameter_prefixes(self) -> list[tuple[str, ...]]:
+        """Per stage, the parameter name prefixes (as in this tower's named_parameters) it holds."""
+        return ([("net._conv_stem.", "net._bn0.")] + [(f"net._blocks.{i}.",) for i in range(len(self.net._blocks))]
+                + [("net._conv_head.", "net._bn1.")])
+
+    def run_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """The package's extract_features, stages start..stop-1 only (drop-connect rates as it sets them)."""
+        net, blocks = self.net, len(self.net._blocks)
+        for index in range(start, stop):
+            if index == 0:
+                x = net._swish(net._bn0(net._conv_stem(x)))
+            elif index <= blocks:
+                rate = net._global_params.drop_connect_rate
+                x = net._blocks[index - 1](x, drop_connect_rate=rate * float(index - 1) / blocks if rate else rate)
+            else:
+                x = net._swish(net._bn1(net._conv_head(x)))
+        return x
+
+    def prefix(self, images: torch.Tensor, cut: int) -> torch.Tensor:
+        """[B, 3, H, W] CLIP-normalised -> the feature map after stage cut - 1 [B, C, h, w] (channels-last)."""
+        return self.run_stages(self.lite_input(images), 0, cut)
+
+    def finish(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """prefix(images, cut) [B, C, h, w] -> [B, 1280]: channels-last again, as the live path hands it on (a
+        cached map comes back contiguous), so both paths run the same kernels."""
+        x = self.run_stages(x.contiguous(memory_format=torch.channels_last), cut, self.num_stages())
         return x.mean(dim=(2, 3))  # [B, 1280]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.prefix(images, 0), 0)  # [B, 1280]

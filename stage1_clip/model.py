@@ -26,6 +26,9 @@ class CLIP(nn.Module):
         self.logit_bias = nn.Parameter(torch.full((1,), loss_cfg.init_logit_bias)) if loss_cfg.type == "siglip" else None
         self.max_logit_scale = loss_cfg.max_logit_scale
         self.uses_attention_mask = model_cfg.text.type == "hf"
+        # Frozen towers' outputs read back in training (stage1_clip/feature_cache.py); None: computed live.
+        # Training only: evaluation may run on fewer ranks than the cache's per-batch agreement needs.
+        self.text_cache = self.image_cache = None
 
     def train(self, mode: bool = True) -> "CLIP":
         super().train(mode)
@@ -40,11 +43,16 @@ class CLIP(nn.Module):
         self.text.compile(**options)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.vision(images)  # [B, Wv]
+        if self.image_cache is not None and self.training:
+            features = self.image_cache.features(self.vision, images)  # [B, Wv]
+        else:
+            features = self.vision(images)  # [B, Wv]
         return F.normalize(self.image_projection(features), dim=-1)  # [B, D]
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.uses_attention_mask:
+        if self.text_cache is not None and self.training:
+            features = self.text_cache.features(self.text, input_ids, attention_mask, self.uses_attention_mask)
+        elif self.uses_attention_mask:
             features = self.text(input_ids, attention_mask)  # [B, Wt]
         else:
             features = self.text(input_ids)  # [B, Wt]; pooled at the end-of-text token

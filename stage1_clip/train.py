@@ -14,6 +14,7 @@ from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, tra
 from stage1_clip.bundle import save_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
+from stage1_clip.feature_cache import open_image_cache, open_text_cache
 from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
 from stage1_clip.hard_negatives import HardNegatives
 from stage1_clip.loss import build_loss
@@ -51,6 +52,20 @@ class ClipStage(Stage):
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale),
                                      style=cfg.data.augment)
         self.skipped_samples = 0  # unreadable samples the loader left out
+        self.caches = self.open_caches()
+
+    def open_caches(self) -> list:
+        """The frozen towers' caches the config allows, attached to the model."""
+        cfg = self.cfg
+        if not cfg.data.feature_cache:
+            return []
+        if cfg.data.cached_views < 1:
+            raise MmtoolError(f"data.cached_views: {cfg.data.cached_views}, needs at least 1 view per image")
+        folder = Path(self.urls[0]).parent
+        self.model.text_cache = open_text_cache(self.model, cfg.model.text, folder, cfg.train)
+        if self.mining is None or self.mining.composition == "random":  # planned batches have no fixed views
+            self.model.image_cache = open_image_cache(self.model, cfg.model.vision, folder, cfg.train)
+        return [cache.cache for cache in (self.model.text_cache, self.model.image_cache) if cache is not None]
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(texts, self.cfg.model.text.context_length)  # ids, mask [B, T]
@@ -61,7 +76,8 @@ class ClipStage(Stage):
             self.urls, batch_size=self.cfg.data.batch_size, image_size=self.cfg.model.vision.image_size,
             epoch=epoch, seed=self.cfg.train.seed, rank=distributed.rank(), world_size=distributed.world_size(),
             workers=self.cfg.data.workers, batches_per_epoch=self.batches_per_epoch, skip_batches=skip,
-            shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled)
+            shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled,
+            views=self.cfg.data.cached_views if self.model.image_cache else 0)
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         inputs = []
@@ -73,7 +89,8 @@ class ClipStage(Stage):
             self.skipped_samples += sum(batch.get("skipped", {}).values())
         loss, temperature = train_step(engine, self.loss_fn, inputs)
         return StepResult(loss, samples=sum(len(batch["caption"]) for batch in micro_batches),
-                          stats={"temperature": temperature, "skipped_samples": self.skipped_samples})
+                          stats={"temperature": temperature, "skipped_samples": self.skipped_samples,
+                                 **{k: v for cache in self.caches for k, v in cache.stats().items()}})
 
     def evaluate(self, engine: TrainEngine) -> dict:
         if self.eval_set is None:

@@ -6,6 +6,10 @@ batch_size raw samples, so resuming after k batches skips k batches' worth of ra
 them. An unreadable image is skipped, counted, and its place taken by a copy of a good sample of the same batch
 (or, when none is good, of a stand-in chosen by batch index): batches keep their size (ranks all-gather equal
 shapes) and their raw positions.
+
+With `views` set (stage 1's image-trunk cache), each sample's image is one of `views` fixed augmented views, view v
+drawn from a generator seeded by (seed, v, key) and picked per epoch by (seed, epoch, key): each epoch's image is
+distributed as without views, but repeats across epochs, so a frozen trunk's output on it can be reused.
 """
 from collections import Counter
 
@@ -35,8 +39,9 @@ class ShardBatches(IterableDataset):
 
     def __init__(self, urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
                  world_size: int, workers: int, batches_per_epoch: int, skip_batches: int, shuffle_buffer: int,
-                 augment: AugmentConfig, resampled: bool):
+                 augment: AugmentConfig, resampled: bool, views: int = 0):
         super().__init__()
+        self.views = views
         self.urls, self.batch_size, self.image_size, self.augment = urls, batch_size, image_size, augment
         self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
         self.workers = max(workers, 1)  # workers=0 (main process) reads the same stream as workers=1
@@ -62,6 +67,9 @@ class ShardBatches(IterableDataset):
         """(image [3, H, W], caption, key, meta); raises BadSample."""
         rng = seeded_rng(self.seed, self.epoch, raw.key)  # per sample: independent of stream position
         caption = pick_caption(raw.captions, raw.meta, self.augment.style, rng)
+        if self.views:
+            view = int(seeded_rng(self.seed, self.epoch, "view", raw.key).integers(self.views))
+            rng = seeded_rng(self.seed, "view", view, raw.key)
         # Transparency kept: train_transform composites it on the (possibly random) background.
         image = train_transform(open_image(raw.image), self.image_size, rng, self.augment)
         return image, caption, raw.key, raw.meta
@@ -115,10 +123,11 @@ class TrainLoader:
 def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
                       world_size: int, workers: int, batches_per_epoch: int, skip_batches: int = 0,
                       shuffle_buffer: int = 1000, augment: AugmentConfig = AugmentConfig(),
-                      resampled: bool = False) -> TrainLoader:
+                      resampled: bool = False, views: int = 0) -> TrainLoader:
     """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] float32, "caption": [B] (a
     random phrasing per sample), "key": [B], "meta": [B] json dicts, "skipped": {reason: count since the
-    previous batch}}, the same on every run; batch k of a skip_batches=k run is batch k of a fresh run."""
+    previous batch}}, the same on every run; batch k of a skip_batches=k run is batch k of a fresh run. `views` > 0:
+    each image one of that many fixed augmented views (module docstring)."""
     if not urls:
         raise MmtoolError("make_train_loader got no shard urls")
     if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
@@ -127,7 +136,7 @@ def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoc
     dataset = ShardBatches(urls, batch_size=batch_size, image_size=image_size, epoch=epoch, seed=seed, rank=rank,
                            world_size=world_size, workers=workers, batches_per_epoch=batches_per_epoch,
                            skip_batches=skip_batches, shuffle_buffer=shuffle_buffer, augment=augment,
-                           resampled=resampled)
+                           resampled=resampled, views=views)
     return TrainLoader(dataset, workers, max(batches_per_epoch - skip_batches, 0))
 
 

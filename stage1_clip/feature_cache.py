@@ -1,0 +1,104 @@
+"""Stage 1 never recomputes a frozen tower: the locked text tower's pooled output per caption, and the frozen
+prefix of the image tower's output per image view, both read back from a cache (mmtool/feature_cache.py).
+
+Freezing is data: a tower (or a prefix of EfficientNet-Lite0's stages: stem, blocks 0..15, head) counts as frozen
+when `train.param_groups` give all its parameters lr 0. Frozen modules run in eval mode in both paths (BatchNorm
+keeps its statistics, no dropout or drop-connect: CLIP.train and EfficientNetLite0Tower.train), so a cached output
+is what the live tower would compute. Other image towers are cached only when wholly frozen (their pooled output).
+
+Text: keyed by the exact token ids and attention mask ([2, T] per caption, so the context length is in the key
+too), namespaced by the tower's weights hash, its config (type, pooling, context length) and the precision.
+
+Image trunk and augmentation: a cache can only pay off when an image's input repeats, and today's augmentation
+draws a new random crop (and style) every epoch. With the trunk cache on, each image instead has a fixed set of
+`data.cached_views` views, view v drawn with the full live augmentation (random resized crop, grayscale, outline,
+...) from a generator seeded by (seed, v, sample key), and each epoch picks one view per sample, seeded by (seed,
+epoch, key) (mmtool/data/loader.py). Every epoch's image is thus distributed exactly as on the live path; what it
+costs is diversity over the run: an image shows at most `cached_views` crops and renderings instead of one per
+epoch (the default recipe's 7.6 epochs). The key is the exact augmented pixels, so the view, the image bytes and
+the resolution are all in it; the namespace holds the frozen stages' weights hash, the cut point, the image size
+and the precision. The views are computed on first use (the first epochs build the cache), not ahead of training.
+
+Where: `<train shards' folder>/feature_cache/<namespace digest>/`, as stages 2-3 do: a sweep of recipes over the
+same data and towers (issue 19's folds, resolutions, heads) shares the entries, which a per-run cache would recompute.
+"""
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtool.config import to_dict
+from mmtool.engine import load_deepspeed_config
+from mmtool.feature_cache import (FOLDER, FeatureCache, all_frozen, frozen_by_rules, precision_of, state_sha256,
+                                  weights_sha256)
+from mmtool.train_config import TrainSettings
+
+
+class TextCache:
+    """The locked text tower's pooled output [B, Wt] by token ids and mask."""
+
+    def __init__(self, cache: FeatureCache):
+        self.cache = cache
+
+    def features(self, tower: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 uses_mask: bool) -> torch.Tensor:
+        tokens = torch.stack([input_ids, attention_mask], dim=1)  # [B, 2, T]
+        return self.cache.features(
+            tokens, lambda t: tower(t[:, 0], t[:, 1]) if uses_mask else tower(t[:, 0]))  # [B, Wt]
+
+
+class ImageTrunkCache:
+    """The image tower's frozen first `cut` stages by augmented pixels; the stages after the cut run live."""
+
+    def __init__(self, cache: FeatureCache, cut: int | None):
+        self.cache, self.cut = cache, cut  # cut None: the whole tower is frozen, its pooled output is cached
+
+    def features(self, tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, Wv], the tower's output."""
+        if self.cut is None:
+            return self.cache.features(images, tower)  # [B, Wv]
+        trunk = self.cache.features(images, lambda x: tower.prefix(x, self.cut))  # [B, C, h, w]
+        return tower.finish(trunk, self.cut)  # [B, Wv]
+
+
+def frozen_stages(tower: nn.Module, lr: float, rules: list) -> int:
+    """How many leading stages of a staged tower (EfficientNet-Lite0) the param groups freeze."""
+    count = 0
+    for prefixes in tower.stage_parameter_prefixes():
+        if not all_frozen(((n, p) for n, p in tower.named_parameters() if n.startswith(prefixes)), "vision.", lr,
+                          rules):
+            break
+        count += 1
+    return count
+
+
+def prefix_state(tower: nn.Module, cut: int) -> dict:
+    """The tower's state entries the first `cut` stages compute with (the input affine included)."""
+    later = sum(tower.stage_parameter_prefixes()[cut:], ())
+    return {name: tensor for name, tensor in tower.state_dict().items() if not name.startswith(later)}
+
+
+def open_text_cache(model: nn.Module, text_config, data_folder: Path, train: TrainSettings) -> TextCache | None:
+    """The cache of the text tower when the param groups lock it, else None."""
+    if not frozen_by_rules(model.text, "text.", train.lr, train.param_groups):
+        return None
+    namespace = {"tower": "text", "tower_sha256": weights_sha256(model.text), "config": to_dict(text_config),
+                 "precision": precision_of(load_deepspeed_config(train.deepspeed))}
+    return TextCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="text_cache"))
+
+
+def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: TrainSettings) -> ImageTrunkCache | None:
+    """The cache of the image tower's frozen prefix (or whole frozen tower), else None."""
+    tower = model.vision
+    if frozen_by_rules(tower, "vision.", train.lr, train.param_groups):
+        cut, weights = None, weights_sha256(tower)
+    elif hasattr(tower, "stage_parameter_prefixes"):
+        cut = frozen_stages(tower, train.lr, train.param_groups)
+        if cut == 0:
+            return None
+        weights = state_sha256(prefix_state(tower, cut))
+    else:
+        return None
+    namespace = {"tower": "image", "tower_sha256": weights, "cut": cut, "config": to_dict(vision_config),
+                 "precision": precision_of(load_deepspeed_config(train.deepspeed))}
+    return ImageTrunkCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="image_cache"), cut)
