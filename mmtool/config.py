@@ -1,9 +1,10 @@
 """Typed configs: dataclasses filled from YAML, with `--set a.b=value` overrides.
 
 Unknown keys and wrongly typed values fail with one line naming the key, so a typo
-never silently falls back to a default.
+never silently falls back to a default; so do numbers out of their range.
 """
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -11,6 +12,12 @@ from pathlib import Path
 import yaml
 
 from mmtool.errors import MmtoolError
+
+# Lowest allowed value by key name, in whichever section the key sits: these names mean the same in every stage.
+# 0 is in range where it has a meaning: lr 0 freezes, grad_clip 0 turns clipping off, max_steps 0 takes the
+# schedule from epochs, save_every / eval_every 0 act at each epoch's end.
+LOWEST = {"lr": 0, "grad_clip": 0, "max_steps": 0, "warmup_steps": 0, "save_every": 0, "eval_every": 0,
+          "accum_steps": 1, "batch_size": 1, "epochs": 1, "keep_states": 1, "log_every": 1, "max_nonfinite_steps": 1}
 
 
 def load_config(cls, path: str | Path | None, overrides: list[str] = ()):
@@ -54,10 +61,17 @@ def from_dict(cls, raw, where: str):
     if unknown:
         raise MmtoolError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
     values = {key: _convert(hints[key], value, f"{where}.{key}") for key, value in raw.items()}
+    for key, value in values.items():
+        _check_range(key, value, f"{where}.{key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as err:
         raise MmtoolError(f"{where}: {err}") from None
+
+
+def _check_range(key: str, value, where: str) -> None:
+    if key in LOWEST and value is not None and not (math.isfinite(value) and value >= LOWEST[key]):
+        raise MmtoolError(f"{where}: must be a finite number >= {LOWEST[key]}, got {value!r}")
 
 
 def _convert(hint, value, where: str):
