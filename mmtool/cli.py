@@ -64,6 +64,7 @@ def eval_clip(
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(metrics, indent=2))
+    print_skips(eval_set["skipped"], len(eval_set["caption"]))
 
 
 @data_app.command("emoji")
@@ -93,7 +94,9 @@ def data_openclipart(
     """Openclipart PNGs with captions from their SVG titles, keywords and category (noisy, web-like)."""
     from mmtool.data.openclipart import build_openclipart
 
-    print(json.dumps(build_openclipart(out, limit=limit), indent=2))
+    report = build_openclipart(out, limit=limit)
+    print(json.dumps(report, indent=2))
+    print_skips(report["skipped"], sum(report["samples"].values()))
 
 
 @data_app.command("from-jsonl")
@@ -104,7 +107,9 @@ def data_from_jsonl(
     """Your own image-caption pairs as shards."""
     from mmtool.data.jsonl import build_from_jsonl
 
-    print(json.dumps(build_from_jsonl(file, out), indent=2))
+    report = build_from_jsonl(file, out)
+    print(json.dumps(report, indent=2))
+    print_skips(report["skipped"], sum(report["samples"].values()))
 
 
 @data_app.command("instructions")
@@ -118,7 +123,9 @@ def data_instructions(
     """LLaVA-format instruction conversations from emoji shards' metadata, one JSON per shard split."""
     from mmtool.data.instructions import build_instructions
 
-    print(json.dumps(build_instructions(shards, out, tasks=tasks, seed=seed), indent=2))
+    report = build_instructions(shards, out, tasks=tasks, seed=seed)
+    print(json.dumps(report, indent=2))
+    print_skips(report["skipped"], sum(split["images"] for split in report["splits"].values()))
 
 
 @tokenizer_app.command("train")
@@ -313,6 +320,13 @@ def print_table(metrics: dict) -> None:
     for key, value in metrics.items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
+
+
+def print_skips(skipped: dict, used: int) -> None:
+    """The closing line of a command that read data, on stderr (stdout may be JSON for a script)."""
+    from mmtool.data.skips import skip_summary
+
+    print(skip_summary(skipped, used + sum(skipped.values())), file=sys.stderr)
 
 
 def main() -> None:

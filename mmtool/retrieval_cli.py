@@ -40,9 +40,12 @@ BatchOption = Annotated[int, typer.Option(help="Images embedded per forward pass
 
 
 def report_embedding(report) -> None:
+    from mmtool.data.skips import skip_summary
+
     for path, reason in report.unreadable:
         print(f"skipped unreadable image: {path} ({reason})", file=sys.stderr)
     print(json.dumps({k: v for k, v in report.as_dict().items() if k != "unreadable_paths"}))
+    print(skip_summary(report.skipped(), report.added + sum(report.skipped().values())), file=sys.stderr)
 
 
 @index_app.command("build")

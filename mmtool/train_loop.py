@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 
 from mmtool import distributed
+from mmtool.data.skips import BatchSkips
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog
@@ -133,11 +134,12 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     engine.train()
     if progress.step < total_steps:
         stage.refresh(engine, progress, log)  # e.g. stage 1's first hard-negative mining
-    window, shown = _Window(), {}
+    window, shown, skips = _Window(), {}, BatchSkips()
     while progress.step < total_steps:
         micro_batches = []
         for batch in stage.batches(progress.epoch, progress.batch_in_epoch * accum):
             micro_batches.append(batch)
+            skips.add(batch)
             if len(micro_batches) < accum:
                 continue
             result = stage.step(engine, micro_batches, progress.step)
@@ -147,6 +149,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
             count_nonfinite(engine, progress, settings.max_nonfinite_steps, log)
             restart = progress.step < total_steps and stage.refresh(engine, progress, log)
             window.add(result, world)
+            skips.trained(result.samples)
             if progress.step % settings.log_every == 0 or progress.step == total_steps:
                 stats = {"loss": distributed.mean_over_ranks(result.loss.detach()), "lr": engine.current_lr(),
                          **result.stats, **window.rates(), "nonfinite_steps": progress.nonfinite_steps}
@@ -162,6 +165,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
             cadence.after_epoch(progress.step)
 
     metrics = cadence.finish(progress.step)
+    log.message(skips.summary())  # every rank takes part: the counts are summed
     state_dict = engine.full_state_dict()  # every rank takes part: ZeRO-3 gathers the partitions
     if distributed.is_main():
         written = stage.save(out, state_dict)

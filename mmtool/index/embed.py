@@ -1,6 +1,7 @@
 """Source items -> unit vectors + metadata records, in batches, with thumbnails; unreadable images and exact
 duplicates (same file bytes) are counted and skipped, never fatal."""
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -21,10 +22,15 @@ class EmbedReport:
     added: int = 0
     duplicates: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    unusable: Counter = field(default_factory=Counter)  # shard samples that never became an item, by reason
 
     def as_dict(self) -> dict:
         return {"added": self.added, "duplicates": self.duplicates, "unreadable": len(self.unreadable),
                 "unreadable_paths": [f"{path} ({reason})" for path, reason in self.unreadable]}
+
+    def skipped(self) -> Counter:
+        """Every sample not added, by reason."""
+        return self.unusable + Counter(reason for _, reason in self.unreadable) + Counter(duplicate=self.duplicates)
 
 
 def thumbnail_name(sha256: str) -> str:

@@ -7,6 +7,7 @@ record per vector, thumbnails, and the identity of the model that made the vecto
     index/thumbs/        SHA256.jpg thumbnails for the web page
 """
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,10 @@ class ImageIndex:
 
     def _append(self, source: str, batch_size: int, progress: bool) -> EmbedReport:
         known = {item["sha256"] for item in self.items}
-        vectors, records, report = embed_items(source_items(source), self.encoder, self.folder / "thumbs", known,
-                                               batch_size, progress)
+        unusable = Counter()
+        vectors, records, report = embed_items(source_items(source, unusable), self.encoder, self.folder / "thumbs",
+                                               known, batch_size, progress)
+        report.unusable = unusable  # counted as the items were read, so complete only now
         if records:
             if self.vectors is None:
                 self.meta["embed_dim"] = int(vectors.shape[1])

@@ -45,14 +45,16 @@ def jsonl_items(file: Path) -> Iterator[SourceItem]:
             yield SourceItem(str(path), _read(path), caption, fields)
 
 
-def shard_items(spec: str) -> Iterator[SourceItem]:
-    skipped = Counter()
+def shard_items(spec: str, skipped: Counter) -> Iterator[SourceItem]:
+    """Samples the shards cannot offer (no image, empty caption, bad JSON, a broken shard) are counted in
+    `skipped` by reason."""
     for raw in parsed_samples(resolve_shards(spec), skipped):
         yield SourceItem(f"{raw.url}#{raw.key}", raw.image, raw.captions[0] if raw.captions else None,
                          {"key": raw.key, **raw.meta})
 
 
-def source_items(source: str) -> Iterator[SourceItem]:
+def source_items(source: str, skipped: Counter) -> Iterator[SourceItem]:
+    """`skipped` counts, by reason, the samples of shards that never become an item."""
     path = Path(source)
     if path.is_dir():
         return folder_items(path)
@@ -61,5 +63,5 @@ def source_items(source: str) -> Iterator[SourceItem]:
             raise MmtoolError(f"SOURCE {source}: JSONL file not found")
         return jsonl_items(path)
     if ".tar" in source or "*" in source or "{" in source:
-        return shard_items(source)
+        return shard_items(source, skipped)
     raise MmtoolError(f"SOURCE {source}: expected a folder of images, a .jsonl list or webdataset shards (.tar)")
