@@ -5,6 +5,7 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
+from mmtool.checkpoint import atomic_write
 from mmtool.errors import MmtoolError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
@@ -47,7 +48,8 @@ class SentencePieceTokenizer:
             raise MmtoolError(f"{path}: not a sentencepiece model") from None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_bytes(self.model_bytes)
+        """Written whole or not at all: a later run reuses the file it finds."""
+        atomic_write(Path(path), lambda tmp: tmp.write_bytes(self.model_bytes))
 
     @property
     def vocab_size(self) -> int:

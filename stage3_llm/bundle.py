@@ -5,6 +5,9 @@ from, with a "finetune" entry added, and the tower + projector weights; with ful
 and, with LoRA, `adapter/`: a standard peft adapter of the LLM, unmerged, that peft loads on top of the base LLM
 and that a further `mmtool finetune --model <this folder>` keeps training.
 """
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -41,7 +44,24 @@ def save_finetuned(out: Path, record: dict, state_dict: dict[str, torch.Tensor],
         llm_state = {name.removeprefix("llm."): tensor for name, tensor in state_dict.items()
                      if name.startswith("llm.")}
         # The image token's embedding row is never used (features replace it): no need to save embeddings.
-        llm.save_pretrained(str(out / ADAPTER_DIR), state_dict=llm_state, save_embedding_layers=False)
+        save_whole_folder(out / ADAPTER_DIR, lambda tmp: llm.save_pretrained(str(tmp), state_dict=llm_state,
+                                                                             save_embedding_layers=False))
     else:
         kept = state_dict
     save_model(resolve_model_file(out), KIND, record, kept)
+
+
+def save_whole_folder(folder: Path, write) -> None:
+    """write(tmp) fills a temporary sibling, which then takes the folder's place: a crash while writing (peft
+    writes file by file) leaves the previous folder as it was and nothing half-written under its name."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    old = tmp.with_suffix(".old")
+    try:
+        write(tmp)
+        if folder.exists():
+            os.rename(folder, old)  # a directory cannot be renamed over a non-empty one: the old one steps aside
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)  # only once the new folder is in place
