@@ -15,6 +15,7 @@ The mask is passed to the LLM as given (transformers does so with a 4-D mask), w
 import torch
 
 from mmtool.chat_format import IGNORE_INDEX
+from mmtool.errors import MmtoolError
 
 
 def pack_batch(encoded: list[tuple[list[int], list[int]]], image_token_id: int) -> dict[str, torch.Tensor]:
@@ -55,3 +56,11 @@ def batch_tokens(batch: dict) -> int:
     """The tokens a padded or packed batch trains on (padding excluded, a shared prefix once)."""
     mask = batch["attention_mask"]
     return int(batch["input_ids"].numel() if mask is None or mask.ndim == 4 else mask.sum())
+
+
+def check_packable(llm) -> None:
+    """Packed rows need attention that reads a bool [1, 1, T, T] mask: SDPA (eager would add it as numbers)."""
+    implementation = llm.config._attn_implementation
+    if implementation != "sdpa":
+        raise MmtoolError(f"data.packed: the LLM runs {implementation!r} attention; packed batches need 'sdpa' "
+                          "(or set data.packed: false)")

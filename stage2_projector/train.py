@@ -15,7 +15,7 @@ from stage2_projector.config import AlignConfig
 from stage2_projector.data import encode_caption_batch
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
 from stage2_projector.feature_cache import open_feature_cache
-from stage2_projector.packing import batch_tokens
+from stage2_projector.packing import batch_tokens, check_packable
 
 
 def align(cfg: AlignConfig, out: Path, resume: bool = False, bundle: VlmBundle | None = None) -> dict:
@@ -40,6 +40,8 @@ class AlignStage(Stage):
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())
         self.val_set = make_val_set(cfg, self.image_size) if cfg.data.val else None
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
+        if cfg.data.packed:
+            check_packable(bundle.llm.model)
         # A random crop gives a new view each epoch: nothing to reuse.
         unaugmented = self.augment.random_resized_crop_scale == (1.0, 1.0)
         self.model.feature_cache = self.cache = open_feature_cache(

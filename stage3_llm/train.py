@@ -16,7 +16,7 @@ from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, tra
 from stage2_projector.bundle import MODEL_FILE, VlmBundle, resolve_model_file
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
 from stage2_projector.feature_cache import open_feature_cache
-from stage2_projector.packing import batch_tokens
+from stage2_projector.packing import batch_tokens, check_packable
 from stage3_llm.bundle import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
@@ -81,6 +81,8 @@ class FinetuneStage(Stage):
         self.samples = len(self.train_set)
         self.batches_per_epoch = cfg.train.accum_steps * steps_per_epoch(
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())
+        if cfg.data.packed:
+            check_packable(bundle.llm.model)
         self.collate = partial(collate_conversations, pad_id=bundle.tokenizer.pad_token_id, packed=cfg.data.packed,
                                image_token_id=bundle.llm.image_token_id)
         self.model.feature_cache = self.cache = open_feature_cache(

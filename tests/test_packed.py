@@ -4,11 +4,12 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.chat_format import IGNORE_INDEX, encode_conversation
+from mmtool.errors import MmtoolError
 from mmtool.llm import add_image_token
 from stage2_projector.bundle import build_vlm
 from stage2_projector.config import AlignConfig, ModelConfig
 from stage2_projector.data import encode_caption_batch
-from stage2_projector.packing import batch_tokens, pack_batch, shared_prefix_length
+from stage2_projector.packing import batch_tokens, check_packable, pack_batch, shared_prefix_length
 from stage3_llm.conversations import collate_conversations
 from tests.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, tiny_llama
 
@@ -76,6 +77,14 @@ def test_pack_batch_layout():
     assert batch_tokens(packed) == 5
     assert packed["attention_mask"][0, 0].int().tolist() == [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0],
                                                              [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]]
+
+
+def test_packing_needs_sdpa_attention():
+    model = tiny_llama(60)
+    check_packable(model)
+    model.config._attn_implementation = "eager"
+    with pytest.raises(MmtoolError, match="data.packed"):
+        check_packable(model)
 
 
 def test_a_shared_prefix_is_held_once_and_stops_at_images_and_answers():
