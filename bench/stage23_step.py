@@ -224,7 +224,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="stage23_bench_"))
+    with tempfile.TemporaryDirectory(prefix="stage23_bench_") as work:  # the stand-in CLIP and conversations
+        print_table(run(args, Path(work)))
+
+
+def run(args, work: Path) -> list[dict]:
     vision = Path(args.vision) if args.vision else untrained_default_clip(work / "clip.pt")
     cfg = load_config(AlignConfig, "configs/align/emoji.yaml")
     cfg = replace(cfg, model=replace(cfg.model, vision=str(vision), llm=args.llm))
@@ -247,7 +251,7 @@ def main() -> None:
         bundle.model.vision.requires_grad_(False)
         bundle.model.train()
         results += measure("finetune (batch 8)", bundle.model, batches, args.warmup)
-    print_table(results)
+    return results
 
 
 def build_conversations(shards: str, work: Path) -> Path:
