@@ -9,8 +9,9 @@ and normalised pixels, for text the token ids and mask. A different view of an i
 augmentation can never be served a stale view. One file per input, written to a temporary name and renamed, so a
 crash or two ranks writing the same entry never leave a torn file.
 
-Ranks agree on hit or miss per batch (a miss anywhere runs the tower everywhere): under ZeRO-3 a tower's weights
-are gathered collectively, so every rank must run it, or none.
+A batch runs the tower on its missing rows only. Ranks agree per batch whether anyone has a miss (then every rank
+runs the tower, on one row at least): under ZeRO-3 a tower's weights are gathered collectively, so every rank must
+run it, or none.
 """
 import hashlib
 import io
@@ -43,19 +44,24 @@ class FeatureCache:
         self.hits = self.misses = 0  # inputs looked up by this process
 
     def features(self, inputs: torch.Tensor, tower) -> torch.Tensor:
-        """[B, ...] -> [B, ...]: read back when every input of the batch (on every rank) is cached, else
-        `tower(inputs)`, whose rows are then stored."""
+        """[B, ...] -> [B, ...]: the cached rows read back, `tower` run on the missing rows only, which are then
+        stored. A batch half seen before (a new caption phrasing, another view of an image) costs half."""
         keys = [image_key(row) for row in inputs]
-        cached = [self._read(key) for key in keys]
-        if all_ranks(all(entry is not None for entry in cached), inputs.device):
-            self.hits += len(keys)
-            return torch.stack(cached).to(inputs.device)  # [B, ...]
-        features = tower(inputs)  # [B, ...]
-        missing = {key: row for key, entry, row in zip(keys, cached, features.detach()) if entry is None}
-        for key, row in missing.items():  # an input twice in a batch is written once
-            self._write(key, row)
-        self.misses += sum(entry is None for entry in cached)
-        return features
+        rows = [self._read(key) for key in keys]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if not all_ranks(not missing, inputs.device):
+            # A rank with nothing missing still runs the tower (on one row, discarded) to join the others' gathers.
+            computed = tower(inputs[missing] if missing else inputs[:1]).detach()  # [M, ...]
+            written = set()
+            for i, row in zip(missing, computed):
+                if keys[i] not in written:  # an input twice in a batch is computed twice, written once
+                    self._write(keys[i], row)
+                    written.add(keys[i])
+                rows[i] = row
+            return torch.stack([row.to(computed.dtype) for row in rows]).to(inputs.device)  # [B, ...]
+        return torch.stack(rows).to(inputs.device)  # [B, ...]
 
     def stats(self) -> dict:
         """For the train log: the cache's size and this process's hit rate so far."""

@@ -129,3 +129,19 @@ def test_a_changed_text_tower_or_context_length_gets_a_new_folder(tmp_path):
     with torch.no_grad():
         model.text.token_embedding.weight.add_(1)
     assert open_text_cache(model, TEXT, tmp_path, train).cache.folder != folder
+
+
+def test_a_half_cached_batch_runs_the_tower_on_its_missing_rows_only(tmp_path):
+    model, train = lit_clip()
+    cache = open_text_cache(model, TEXT, tmp_path, train)
+    _, ids, mask = batch()
+    live = model.text(ids)  # [B, Wt]
+    cache.features(model.text, ids[:3], mask[:3], uses_mask=False)
+    seen = []
+    tower = lambda tokens: seen.append(len(tokens)) or model.text(tokens)  # noqa: E731
+    mixed = cache.features(tower, ids, mask, uses_mask=False)  # rows 0-2 cached, 3-5 computed
+    assert seen == [3] and cache.cache.hits == 3 and cache.cache.misses == 6
+    torch.testing.assert_close(mixed, live, rtol=1e-5, atol=1e-6)
+    again = cache.features(tower, ids, mask, uses_mask=False)
+    assert seen == [3] and cache.cache.hits == 9
+    torch.testing.assert_close(again, live, rtol=1e-5, atol=1e-6)
