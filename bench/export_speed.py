@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mmtool.export.onnx import OnnxClip, export_clip_onnx
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 
 
 def best_seconds(fn, repeats: int) -> float:

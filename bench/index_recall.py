@@ -10,9 +10,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mmtool.data.loader import make_eval_set, resolve_shards
+from mmtool.data.reading.loader import make_eval_set, resolve_shards
 from mmtool.index import ImageIndex
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 from stage1_clip.evaluate import evaluate_clip
 
 

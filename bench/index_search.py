@@ -14,7 +14,7 @@ import numpy as np
 
 from mmtool.export.onnx import export_clip_onnx
 from mmtool.index.image_index import ImageIndex, new_faiss_index
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 
 
 def build_rates(checkpoint: str, source: str) -> list[tuple[str, int, float]]:

@@ -28,16 +28,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmtool.chat_format import IGNORE_INDEX  # noqa: E402
+from stage2_projector.chat_format import IGNORE_INDEX  # noqa: E402
 from mmtool.config import load_config  # noqa: E402
-from mmtool.data.images import AugmentConfig, eval_transform, load_image  # noqa: E402
-from mmtool.data.loader import make_train_loader, resolve_shards  # noqa: E402
-from mmtool.llm import IMAGE_TOKEN  # noqa: E402
-from stage2_projector.bundle import build_vlm  # noqa: E402
+from mmtool.data.reading.images import AugmentConfig, eval_transform, load_image  # noqa: E402
+from mmtool.data.reading.loader import make_train_loader, resolve_shards  # noqa: E402
+from stage2_projector.llm import IMAGE_TOKEN  # noqa: E402
+from stage2_projector.checkpoint import build_vlm  # noqa: E402
 from stage2_projector.config import AlignConfig, ModelConfig  # noqa: E402
 from stage2_projector.data import caption_turns, encode_caption_batch, pick_instruction  # noqa: E402
 from stage2_projector.packing import batch_tokens, pack_batch  # noqa: E402
-from stage3_llm.bundle import add_lora  # noqa: E402
+from stage3_llm.checkpoint import add_lora  # noqa: E402
 from stage3_llm.config import LoraSettings  # noqa: E402
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations  # noqa: E402
 
@@ -46,7 +46,7 @@ PARTS = ("tower", "projector", "llm_forward", "backward", "optimizer")
 
 def untrained_default_clip(path: Path) -> Path:
     """configs/clip/default.yaml's towers (pretrained EfficientNet-Lite0 + MiniLM), projections untrained."""
-    from stage1_clip.bundle import save_clip
+    from stage1_clip.checkpoint import save_clip
     from stage1_clip.config import ClipConfig
     from stage1_clip.model import CLIP
     from stage1_clip.tokenizer_setup import prepare_tokenizer
@@ -255,7 +255,7 @@ def run(args, work: Path) -> list[dict]:
 
 
 def build_conversations(shards: str, work: Path) -> Path:
-    from mmtool.data.instructions import build_instructions
+    from mmtool.data.building.instructions import build_instructions
 
     build_instructions(resolve_shards(shards)[0], work / "instruct")
     return next((work / "instruct").glob("*.json"))

@@ -49,7 +49,7 @@ SMOKE_OVERRIDES = ["model.embed_dim=16", "model.vision.image_size=32", "model.vi
 def prepare(model_key: str, work: Path, overrides: list[str]) -> dict:
     """Tokenizer, open_clip model folder and the matched settings for one model; checks parameter counts."""
     from mmtool.config import load_config
-    from mmtool.data.loader import resolve_shards
+    from mmtool.data.reading.loader import resolve_shards
     from stage1_clip.config import ClipConfig
     from stage1_clip.tokenizer_setup import train_tokenizer
 
@@ -77,7 +77,7 @@ def write_open_clip_folder(cfg, tokenizer_path: Path, oc_dir: Path) -> int:
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from mmtool.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+    from stage1_clip.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     vocab = sp.get_piece_size()
@@ -100,7 +100,7 @@ def write_open_clip_folder(cfg, tokenizer_path: Path, oc_dir: Path) -> int:
 
 def open_clip_model_cfg(cfg, vocab: int) -> dict:
     """open_clip's model config (CLIP(**cfg) keyword arguments) for the same ViT CLIP as mmtool's `cfg`."""
-    from mmtool.tokenizer import EOS_ID, PAD_ID
+    from stage1_clip.tokenizer import EOS_ID, PAD_ID
 
     vision, text = cfg.model.vision, cfg.model.text
     return {
@@ -118,7 +118,7 @@ def check_tokenizers_agree(tokenizer_path: Path, oc_dir: Path, urls: list[str], 
     """Same ids from mmtool's tokenizer and the converted one on real captions (open_clip truncates the tail)."""
     from transformers import AutoTokenizer
 
-    from mmtool.tokenizer import SentencePieceTokenizer
+    from stage1_clip.tokenizer import SentencePieceTokenizer
     from stage1_clip.tokenizer_setup import iter_captions
 
     captions = list(iter_captions(urls, 300))
@@ -159,9 +159,9 @@ def child_count(oc_dir: str) -> dict:
 def child_pipeline_mmtool(prep: dict, batches: int) -> dict:
     import torch
 
-    from mmtool.data.images import AugmentConfig
-    from mmtool.data.loader import make_train_loader, resolve_shards
-    from mmtool.tokenizer import SentencePieceTokenizer
+    from mmtool.data.reading.images import AugmentConfig
+    from mmtool.data.reading.loader import make_train_loader, resolve_shards
+    from stage1_clip.tokenizer import SentencePieceTokenizer
 
     torch.set_num_threads(1)  # as inside a DataLoader worker
     tokenizer = SentencePieceTokenizer.load(prep["tokenizer"])

@@ -52,8 +52,8 @@ def eval_clip(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here")] = None,
 ):
     """Image<->text retrieval recall and zero-shot accuracy of a CLIP checkpoint."""
-    from mmtool.data.loader import make_eval_set, resolve_shards
-    from stage1_clip.bundle import load_clip
+    from mmtool.data.reading.loader import make_eval_set, resolve_shards
+    from stage1_clip.checkpoint import load_clip
     from stage1_clip.evaluate import evaluate_clip
 
     bundle = load_clip(checkpoint)
@@ -80,7 +80,7 @@ def data_emoji(
     = Path(".cache/npm"),
 ):
     """Emoji in up to five drawing styles, captions from Unicode names and CLDR keywords, split by base concept."""
-    from mmtool.data.emoji import build_emoji
+    from mmtool.data.building.emoji import build_emoji
 
     print(json.dumps(build_emoji(out, val_fraction=val_fraction, limit=limit, styles=styles, eval_style=eval_style,
                                  npm_cache=npm_cache), indent=2))
@@ -92,7 +92,7 @@ def data_openclipart(
     limit: Annotated[Optional[int], typer.Option(help="Only the first N images")] = None,
 ):
     """Openclipart PNGs with captions from their SVG titles, keywords and category (noisy, web-like)."""
-    from mmtool.data.openclipart import build_openclipart
+    from mmtool.data.building.openclipart import build_openclipart
 
     report = build_openclipart(out, limit=limit)
     print(json.dumps(report, indent=2))
@@ -105,7 +105,7 @@ def data_from_jsonl(
     out: Annotated[Path, typer.Option(help="Folder for the shards")],
 ):
     """Your own image-caption pairs as shards."""
-    from mmtool.data.jsonl import build_from_jsonl
+    from mmtool.data.building.jsonl import build_from_jsonl
 
     report = build_from_jsonl(file, out)
     print(json.dumps(report, indent=2))
@@ -121,7 +121,7 @@ def data_instructions(
     seed: Annotated[int, typer.Option(help="Seed for question choice and yes/no premises")] = 0,
 ):
     """LLaVA-format instruction conversations from emoji shards' metadata, one JSON per shard split."""
-    from mmtool.data.instructions import build_instructions
+    from mmtool.data.building.instructions import build_instructions
 
     report = build_instructions(shards, out, tasks=tasks, seed=seed)
     print(json.dumps(report, indent=2))
@@ -136,7 +136,7 @@ def tokenizer_train(
     max_samples: Annotated[int, typer.Option(help="Captions of at most this many samples")] = 200_000,
 ):
     """Train a sentencepiece tokenizer on the captions of some shards."""
-    from mmtool.data.loader import resolve_shards
+    from mmtool.data.reading.loader import resolve_shards
     from stage1_clip.tokenizer_setup import train_tokenizer
 
     tokenizer = train_tokenizer(resolve_shards(data), vocab_size, max_samples)
@@ -182,8 +182,8 @@ def chat(
     temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
 ):
     """Answer a question about an image, streaming the answer."""
-    from mmtool.data.images import BadSample, load_image
-    from stage3_llm.bundle import load_finetuned
+    from mmtool.data.reading.images import BadSample, load_image
+    from stage3_llm.checkpoint import load_finetuned
     from stage3_llm.generate import generate
 
     if not image.is_file():
@@ -266,7 +266,7 @@ def export_llava(
 ):
     """Write a transformers LlavaForConditionalGeneration folder (LoRA merged; tokenizer, processor, template)."""
     from mmtool.export.llava import export_llava as run
-    from stage3_llm.bundle import load_finetuned
+    from stage3_llm.checkpoint import load_finetuned
 
     print(f"wrote {run(load_finetuned(model, llm), out)}")
 
@@ -307,7 +307,7 @@ def clip_folds(
     """Leave one drawing style out, for every style: train the recipe, score it on the held-out style; report
     each fold, the mean, the worst fold and the seed-to-seed spread (OUT/folds.json). Finished folds are skipped."""
     from mmtool.clip_folds import FoldsSpec, parse_seeds, run_folds
-    from mmtool.data.emoji_styles import parse_styles
+    from mmtool.data.building.emoji_styles import parse_styles
     from mmtool.fold_report import format_report
 
     spec = FoldsSpec(config, out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
@@ -324,7 +324,7 @@ def print_table(metrics: dict) -> None:
 
 def print_skips(skipped: dict, used: int) -> None:
     """The closing line of a command that read data, on stderr (stdout may be JSON for a script)."""
-    from mmtool.data.skips import skip_summary
+    from mmtool.data.reading.skips import skip_summary
 
     print(skip_summary(skipped, used + sum(skipped.values())), file=sys.stderr)
 

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmtool.data.emoji_styles import STYLES
+from mmtool.data.building.emoji_styles import STYLES
 from mmtool.errors import MmtoolError
 from mmtool.fold_report import SPLITS, baseline_of, eval_json, mean_and_worst, read_scores, spread
 from mmtool.pipeline import Step, _sets, run_pipeline

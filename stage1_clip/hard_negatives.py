@@ -6,7 +6,7 @@ Random batches hold mostly easy negatives. Two switches make them harder (README
     data.hard_negative_refresh steps and fills batches from the clusters (the rest of the epoch is regrouped);
   - loss.mined_negatives: K > 0 appends to each image's image->text softmax the K training captions nearest
     to it under the current model (refreshed on the same schedule), none of them a phrasing of the image.
-Both hold the training set in memory (mmtool/data/indexed.py). Rank 0 clusters and mines, then broadcasts, so
+Both hold the training set in memory (mmtool/data/reading/indexed.py). Rank 0 clusters and mines, then broadcasts, so
 all ranks share one plan; the plan and the mined table travel in the training state, so --resume is exact.
 """
 import numpy as np
@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from mmtool import distributed
-from mmtool.data.images import eval_transform, load_image
-from mmtool.data.indexed import IndexedSet, compose_batches, group_indices, make_indexed_loader
-from mmtool.data.sample_stream import seeded_rng
+from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.reading.indexed import IndexedSet, compose_batches, group_indices, make_indexed_loader
+from mmtool.data.reading.sample_stream import seeded_rng
 from mmtool.errors import MmtoolError
 from stage1_clip.config import ClipConfig
 

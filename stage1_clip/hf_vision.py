@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, CLIPVisionModel, PreTrainedModel, SiglipVisionModel
 
-from mmtool.data.images import CLIP_MEAN, CLIP_STD
+from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD
 from mmtool.errors import MmtoolError
 
 # family -> (image model class, pixel mean, pixel std it was trained with where the folder does not say)

@@ -1,6 +1,6 @@
 """CLIP's text tower: a causal transformer over tokens, read out at the end-of-text token.
 
-Token convention (mmtool.tokenizer): `[bos] pieces... [eos] pad pad...`, padded with `pad_id`. The causal mask
+Token convention (stage1_clip.tokenizer): `[bos] pieces... [eos] pad pad...`, padded with `pad_id`. The causal mask
 makes the eos position a summary of the whole caption that no padding can reach.
 """
 import torch

@@ -4,10 +4,10 @@ from collections import Counter
 from pathlib import Path
 
 from mmtool import distributed
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.pretrained import resolve_model_dir
-from mmtool.tokenizer import SentencePieceTokenizer
+from stage1_clip.tokenizer import SentencePieceTokenizer
 from stage1_clip.config import ClipConfig
 
 

@@ -6,12 +6,12 @@ import torch
 
 from mmtool import distributed
 from mmtool.config import to_dict
-from mmtool.data.images import AugmentConfig
-from mmtool.data.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
+from mmtool.data.reading.images import AugmentConfig
+from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, train
-from stage1_clip.bundle import save_clip
+from stage1_clip.checkpoint import save_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
 from stage1_clip.feature_cache import open_image_cache, open_text_cache

@@ -3,8 +3,8 @@ import zlib
 
 import torch
 
-from mmtool.chat_format import IGNORE_INDEX, encode_conversation, image_token_id
-from mmtool.llm import IMAGE_TOKEN
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation, image_token_id
+from stage2_projector.llm import IMAGE_TOKEN
 from stage2_projector.packing import pack_batch
 
 

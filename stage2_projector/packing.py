@@ -14,7 +14,7 @@ The mask is passed to the LLM as given (transformers does so with a 4-D mask), w
 """
 import torch
 
-from mmtool.chat_format import IGNORE_INDEX
+from stage2_projector.chat_format import IGNORE_INDEX
 from mmtool.errors import MmtoolError
 
 

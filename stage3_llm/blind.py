@@ -7,7 +7,7 @@
 """
 import torch
 
-from mmtool.data.sample_stream import seeded_rng
+from mmtool.data.reading.sample_stream import seeded_rng
 from mmtool.errors import MmtoolError
 
 BLANK = "<blank>"  # the image reference standing for the blank image

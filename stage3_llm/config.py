@@ -32,7 +32,7 @@ class DataConfig:
     max_samples: int | None = None  # train on a seeded random subset of this many conversations
     val_samples: int = 64  # the first N val conversations give the val answer loss
     batch_size: int = 8  # per rank
-    max_length: int = 256  # tokens per sample, image placeholders included; see mmtool/chat_format.py
+    max_length: int = 256  # tokens per sample, image placeholders included; see stage2_projector/chat_format.py
     # A micro-batch's conversations in one row, no padding, attention within each (stage2_projector/packing.py).
     packed: bool = True
     # The frozen tower's features, computed once per image (stage2_projector/feature_cache.py): "auto" = a

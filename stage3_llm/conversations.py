@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from mmtool.chat_format import IGNORE_INDEX, encode_conversation
-from mmtool.data.images import BadSample, load_image
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
+from mmtool.data.reading.images import BadSample, load_image
 from mmtool.errors import MmtoolError
 from stage2_projector.packing import pack_batch
 
@@ -74,8 +74,8 @@ def shard_images_by_key(spec: str) -> dict[str, bytes]:
     """{sample key: encoded image} of every sample in the shards (kept in memory: meant for small sets)."""
     from collections import Counter
 
-    from mmtool.data.loader import resolve_shards
-    from mmtool.data.sample_stream import parsed_samples
+    from mmtool.data.reading.loader import resolve_shards
+    from mmtool.data.reading.sample_stream import parsed_samples
 
     skipped = Counter()
     images = {sample.key: sample.image for sample in parsed_samples(resolve_shards(spec), skipped)}

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from mmtool.data.images import BadSample
+from mmtool.data.reading.images import BadSample
 from mmtool.errors import MmtoolError
 from stage3_llm.answer_match import contains_answer, exact_match, normalize  # noqa: F401 - part of this API
 from stage3_llm.blind import BLANK, blank_image, shuffled_images

@@ -6,8 +6,8 @@ from typing import Callable
 import torch
 from transformers import TextStreamer
 
-from mmtool.chat_format import encode_prompt
-from mmtool.llm import IMAGE_TOKEN
+from stage2_projector.chat_format import encode_prompt
+from stage2_projector.llm import IMAGE_TOKEN
 
 
 class CallbackStreamer(TextStreamer):

@@ -2,7 +2,7 @@
 scored on the same number of conversations and a file's order (or its first task) cannot skew the set."""
 from collections import defaultdict
 
-from mmtool.data.sample_stream import seeded_rng
+from mmtool.data.reading.sample_stream import seeded_rng
 from stage3_llm.conversations import Conversation
 
 NO_TASK = "-"

@@ -1,7 +1,7 @@
 """The tower baseline: what the stage-1 CLIP alone answers about the same images, the floor a VLM built on it
 should reach.
 
-Questions are recognised by their form (mmtool/data/instructions.py); the candidates are the evaluated file's
+Questions are recognised by their form (mmtool/data/building/instructions.py); the candidates are the evaluated file's
 own names and groups (every reference of a naming or group question and every premise of a yes/no question, over
 all the file's conversations, not only the sampled ones):
 - naming ("What is this?"): the name whose text is nearest the image = i→t R@1 among the set's names; a name is
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.checkpoint import file_sha256
-from mmtool.data.images import eval_transform, load_image
-from mmtool.data.instructions import GROUP_QUESTION, WHAT_QUESTIONS
+from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
 from mmtool.errors import MmtoolError
-from mmtool.llm import IMAGE_TOKEN
-from stage1_clip.bundle import ClipBundle, load_clip
+from stage2_projector.llm import IMAGE_TOKEN
+from stage1_clip.checkpoint import ClipBundle, load_clip
 from stage1_clip.evaluate import embed_images, embed_texts
 from stage3_llm.conversations import Conversation, ImageSource
 

@@ -9,15 +9,15 @@ import torch
 from mmtool import distributed
 from mmtool.checkpoint import file_sha256
 from mmtool.config import to_dict
-from mmtool.data.images import eval_transform
+from mmtool.data.reading.images import eval_transform
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, train
-from stage2_projector.bundle import MODEL_FILE, VlmBundle, resolve_model_file
+from stage2_projector.checkpoint import MODEL_FILE, VlmBundle, resolve_model_file
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
 from stage2_projector.feature_cache import open_feature_cache
 from stage2_projector.packing import batch_tokens, check_packable
-from stage3_llm.bundle import add_lora, load_finetuned, save_finetuned
+from stage3_llm.checkpoint import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 

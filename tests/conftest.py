@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def emoji_shards(tmp_path_factory):
     """~700 real Noto emoji (train + val by base emoji) in webdataset shards."""
-    from mmtool.data.emoji import build_emoji
+    from mmtool.data.building.emoji import build_emoji
 
     out = tmp_path_factory.mktemp("emoji")
     build_emoji(out, limit=700, shard_size=200)
@@ -29,6 +29,6 @@ def tiny_clip_checkpoint(emoji_shards, tmp_path_factory):
 def smollm2():
     """The bundled SmolLM2-135M-Instruct with the `<image>` token added, loaded once (~27 s on 2 cores).
     Shared: do not modify it in place (deep-copy the model before wrapping or training its weights)."""
-    from mmtool.llm import load_llm
+    from stage2_projector.llm import load_llm
 
     return load_llm("llama")

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from stage2_projector.bundle import build_vlm, load_vlm
+from stage2_projector.checkpoint import build_vlm, load_vlm
 from stage2_projector.config import AlignConfig, DataConfig, ModelConfig, TrainConfig
 from stage2_projector.evaluate import evaluate_answer_loss
 from stage2_projector.train import align, make_val_set, val_batches

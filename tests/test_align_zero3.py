@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmtool.config import from_dict
-from stage2_projector.bundle import load_vlm
+from stage2_projector.checkpoint import load_vlm
 from stage2_projector.config import AlignConfig
 from stage2_projector.evaluate import evaluate_answer_loss
 from stage2_projector.train import make_val_set, val_batches

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from mmtool.cli import app
 from mmtool.index import ImageIndex
 from mmtool.index.ask import ask
-from stage2_projector.bundle import load_vlm
+from stage2_projector.checkpoint import load_vlm
 from stage3_llm.generate import generate
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import save_tiny_vlm

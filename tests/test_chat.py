@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stage2_projector.bundle import load_vlm
+from stage2_projector.checkpoint import load_vlm
 from stage3_llm.generate import generate, prompt_ids
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import save_tiny_vlm

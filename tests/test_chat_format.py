@@ -1,7 +1,7 @@
 """Turn-wise chat encoding: ids equal the whole-conversation template's, labels cover exactly the answers."""
 import pytest
 
-from mmtool.chat_format import IGNORE_INDEX, encode_conversation, encode_prompt
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation, encode_prompt
 from mmtool.errors import MmtoolError
 from tests.tiny_llm import bpe_tokenizer, word_tokenizer
 
@@ -19,11 +19,11 @@ def smollm2_tokenizer():
     """The bundled SmolLM2-135M-Instruct tokenizer (real ChatML template with a default system prompt)."""
     from transformers import AutoTokenizer
 
-    from mmtool.llm import IMAGE_TOKEN, resolve_llm
+    from stage2_projector.llm import IMAGE_TOKEN, resolve_llm
 
     source = resolve_llm("llama")
     tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file)
-    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)  # as mmtool.llm.add_image_token does
+    tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)  # as stage2_projector.llm.add_image_token does
     return tokenizer
 
 

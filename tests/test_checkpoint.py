@@ -2,7 +2,7 @@ import torch
 
 from mmtool.checkpoint import atomic_write, load_model, save_model
 from mmtool.errors import MmtoolError
-from mmtool.tokenizer import SentencePieceTokenizer
+from stage1_clip.tokenizer import SentencePieceTokenizer
 import pytest
 
 

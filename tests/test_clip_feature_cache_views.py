@@ -1,4 +1,4 @@
-"""The image-trunk cache's view set (mmtool/data/loader.py, `views`): each image is one of a fixed number of
+"""The image-trunk cache's view set (mmtool/data/reading/loader.py, `views`): each image is one of a fixed number of
 augmented views, each a full draw of the live augmentation, picked per sample and epoch by a seed."""
 import io
 from collections import defaultdict
@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtool.data.augment import StyleAugment
-from mmtool.data.images import AugmentConfig, open_image, train_transform
-from mmtool.data.loader import make_train_loader, resolve_shards
-from mmtool.data.sample_format import encode_sample
-from mmtool.data.sample_stream import seeded_rng
-from mmtool.data.shards import SplitWriter, write_meta
+from mmtool.data.reading.augment import StyleAugment
+from mmtool.data.reading.images import AugmentConfig, open_image, train_transform
+from mmtool.data.reading.loader import make_train_loader, resolve_shards
+from mmtool.data.reading.sample_format import encode_sample
+from mmtool.data.reading.sample_stream import seeded_rng
+from mmtool.data.building.shard_writer import SplitWriter, write_meta
 
 SAMPLES, EPOCHS, VIEWS = 16, 8, 2
 # The default recipe's augmentation: random resized crop, grayscale 0.2, outline 0.2.

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from mmtool.chat_format import IGNORE_INDEX, encode_conversation
-from mmtool.data.images import eval_transform
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
+from mmtool.data.reading.images import eval_transform
 from mmtool.errors import MmtoolError
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 from tests.emoji_fixtures import png, write_emoji_shards

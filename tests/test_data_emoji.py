@@ -5,10 +5,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from mmtool.data.emoji import NOTO_FONT, build_emoji, readable_name
-from mmtool.data.emoji_catalog import EMOJI_TEST, base_of
-from mmtool.data.loader import make_eval_set, resolve_shards, sample_count
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.building.emoji import NOTO_FONT, build_emoji, readable_name
+from mmtool.data.building.emoji_catalog import EMOJI_TEST, base_of
+from mmtool.data.reading.loader import make_eval_set, resolve_shards, sample_count
+from mmtool.data.reading.sample_stream import parsed_samples
 
 pytestmark = pytest.mark.skipif(not (NOTO_FONT.is_file() and EMOJI_TEST.is_file()),
                                 reason="apt-get install -y fonts-noto-color-emoji unicode-data unicode-cldr-core")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from mmtool.data.emoji import HELDOUT, REPORT_FILE, build_emoji
-from mmtool.data.emoji_catalog import EMOJI_TEST, read_emoji
-from mmtool.data.emoji_match import fluent_slugs, twemoji_stems
-from mmtool.data.emoji_render import NOTO_FONT
-from mmtool.data.emoji_styles import FLUENT, STYLES, TWEMOJI, find_artwork, parse_styles
-from mmtool.data.loader import resolve_shards
-from mmtool.data.npm_cache import npm_package
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.building.emoji import HELDOUT, REPORT_FILE, build_emoji
+from mmtool.data.building.emoji_catalog import EMOJI_TEST, read_emoji
+from mmtool.data.building.emoji_match import fluent_slugs, twemoji_stems
+from mmtool.data.building.emoji_render import NOTO_FONT
+from mmtool.data.building.emoji_styles import FLUENT, STYLES, TWEMOJI, find_artwork, parse_styles
+from mmtool.data.reading.loader import resolve_shards
+from mmtool.data.building.npm_cache import npm_package
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 
 REAL_CACHE = Path(__file__).parents[1] / ".cache" / "npm"  # where scripts/setup.sh fetches the packages

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtool.data.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, BadSample, eval_transform, load_image,
+from mmtool.data.reading.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, BadSample, eval_transform, load_image,
                                 random_resized_crop_box, train_transform)
 
 

@@ -6,9 +6,9 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from mmtool.data.jsonl import build_from_jsonl
-from mmtool.data.loader import make_eval_set, resolve_shards
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.building.jsonl import build_from_jsonl
+from mmtool.data.reading.loader import make_eval_set, resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 
 

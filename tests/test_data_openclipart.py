@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from mmtool.data.loader import resolve_shards
-from mmtool.data.openclipart import OPENCLIPART, build_openclipart, clean_title, svg_metadata
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.reading.loader import resolve_shards
+from mmtool.data.building.openclipart import OPENCLIPART, build_openclipart, clean_title, svg_metadata
+from mmtool.data.reading.sample_stream import parsed_samples
 
 pytestmark = pytest.mark.skipif(not (OPENCLIPART / "svg").is_dir(),
                                 reason="apt-get install -y openclipart-png openclipart-svg")

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmtool.data.images import eval_transform, load_image
-from mmtool.data.instructions import GROUP_QUESTION, WHAT_QUESTIONS
+from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
 from mmtool.errors import MmtoolError
 from mmtool.pipeline import headline
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 from stage3_llm.blind import BLANK
-from stage3_llm.bundle import load_finetuned
+from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, answer_conversations
 from stage3_llm.generate import generate

@@ -5,11 +5,11 @@ import torch
 from typer.testing import CliRunner
 
 from mmtool.cli import app
-from mmtool.data.loader import make_eval_set, resolve_shards
+from mmtool.data.reading.loader import make_eval_set, resolve_shards
 from mmtool.errors import MmtoolError
 from mmtool.export.onnx import OnnxClip
 from mmtool.export.safetensors_folder import load_clip_folder, load_image_encoder
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 from stage1_clip.config import VisionConfig
 from tests.tiny_clip import write_tiny_clip
 

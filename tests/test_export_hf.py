@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
-from mmtool.data.images import eval_transform, load_image
-from mmtool.data.loader import make_eval_set, resolve_shards
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.reading.loader import make_eval_set, resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.export.hf_clip import vision_tower_to_hf
 from mmtool.export.hf_folder import export_clip_hf, export_vision_hf
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 from stage1_clip.config import VisionConfig
 from tests.tiny_clip import write_tiny_clip
 

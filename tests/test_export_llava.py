@@ -6,7 +6,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from mmtool.errors import MmtoolError
 from mmtool.export.llava import export_llava
-from stage2_projector.bundle import build_vlm, load_vlm, save_vlm
+from stage2_projector.checkpoint import build_vlm, load_vlm, save_vlm
 from stage2_projector.config import AlignConfig, ModelConfig
 from stage3_llm.generate import generate, prompt_ids
 from tests.test_train_e2e import mmtool

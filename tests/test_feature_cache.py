@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtool.llm import add_image_token
+from stage2_projector.llm import add_image_token
 from mmtool.optim import ParamGroupRule
-from stage2_projector.bundle import build_vlm
+from stage2_projector.checkpoint import build_vlm
 from stage2_projector.config import AlignConfig, ModelConfig, TrainConfig
 from stage2_projector.data import encode_caption_batch
 from stage2_projector.feature_cache import FeatureCache, image_key, open_feature_cache

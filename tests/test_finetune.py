@@ -8,15 +8,15 @@ import torch
 
 from mmtool.config import load_config
 from mmtool.errors import MmtoolError
-from stage2_projector.bundle import build_vlm, save_vlm
+from stage2_projector.checkpoint import build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
-from stage3_llm.bundle import load_finetuned
+from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 from stage3_llm.evaluate import answer_conversations, contains_answer, exact_match, normalize, score
 from stage3_llm.train import finetune
-from mmtool.data.images import eval_transform
-from mmtool.data.instructions import build_instructions
+from mmtool.data.reading.images import eval_transform
+from mmtool.data.building.instructions import build_instructions
 from tests.emoji_fixtures import write_emoji_shards
 from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from stage3_llm.bundle import load_finetuned
+from stage3_llm.checkpoint import load_finetuned
 from tests.dist_utils import free_port
 from tests.test_finetune import config, parts, records, val_loss  # noqa: F401 (parts is a fixture)
 from tests.test_train_e2e import clean_env

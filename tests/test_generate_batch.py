@@ -3,7 +3,7 @@ of one-at-a-time generation, including rows that end early."""
 import pytest
 import torch
 
-from stage2_projector.bundle import load_vlm
+from stage2_projector.checkpoint import load_vlm
 from stage3_llm.generate import generate, generate_batch
 from tests.tiny_vlm import save_tiny_vlm
 

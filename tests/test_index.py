@@ -9,11 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from mmtool.cli import app
-from mmtool.data.loader import make_eval_set, resolve_shards
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.reading.loader import make_eval_set, resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.index import ImageIndex
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 from stage1_clip.evaluate import evaluate_clip
 from tests.tiny_clip import write_tiny_clip
 

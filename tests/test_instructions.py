@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from mmtool.data.instructions import build_instructions
+from mmtool.data.building.instructions import build_instructions
 from mmtool.errors import MmtoolError
 from stage3_llm.conversations import read_conversations
 from tests.emoji_fixtures import EMOJI, write_emoji_shards

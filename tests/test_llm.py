@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mmtool.errors import MmtoolError
-from mmtool.llm import IMAGE_TOKEN, check_same_llm, load_llm, resolve_llm
+from stage2_projector.llm import IMAGE_TOKEN, check_same_llm, load_llm, resolve_llm
 from tests.tiny_vlm import save_tiny_llm
 
 

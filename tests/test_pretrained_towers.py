@@ -12,11 +12,11 @@ from transformers import BertConfig, CLIPConfig, CLIPModel, CLIPVisionConfig, CL
     SiglipVisionModel
 
 from mmtool.config import load_config
-from mmtool.data.images import CLIP_MEAN, CLIP_STD, eval_transform
+from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD, eval_transform
 from mmtool.errors import MmtoolError
 from mmtool.optim import build_param_groups
 from mmtool.pretrained import resolve_model_dir
-from stage1_clip.bundle import load_clip, save_clip
+from stage1_clip.checkpoint import load_clip, save_clip
 from stage1_clip.config import ClipConfig, VisionConfig
 from stage1_clip.efficientnet import WEIGHTS_FILE, EfficientNetLite0Tower
 from stage1_clip.hf_text import HFTokenizerAdapter

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stage1_clip.bundle import load_clip
-from stage2_projector.bundle import load_vlm
-from stage3_llm.bundle import load_finetuned
+from stage1_clip.checkpoint import load_clip
+from stage2_projector.checkpoint import load_vlm
+from stage3_llm.checkpoint import load_finetuned
 
 RELEASE = Path(__file__).parent / "fixtures" / "release_0_1"
 LLM = str(RELEASE / "llm")

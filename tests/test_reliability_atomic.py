@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmtool.tokenizer import SentencePieceTokenizer
-from stage3_llm.bundle import ADAPTER_DIR, save_finetuned
+from stage1_clip.tokenizer import SentencePieceTokenizer
+from stage3_llm.checkpoint import ADAPTER_DIR, save_finetuned
 
 
 class Crash(Exception):

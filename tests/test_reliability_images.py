@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmtool.data.images import BadSample, eval_transform, load_image, open_image
+from mmtool.data.reading.images import BadSample, eval_transform, load_image, open_image
 
 # Run in a child whose address space is capped a little above what it holds after the imports: the old transform
 # (shorter side up to 224, then crop) asked for ~13 GB here and must fail, not take the test machine down.
 CHILD = textwrap.dedent("""
     import io, resource, sys, time
     from PIL import Image
-    from mmtool.data.images import eval_transform, load_image
+    from mmtool.data.reading.images import eval_transform, load_image
     width, height, headroom_mb = (int(a) for a in sys.argv[1:])
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
@@ -49,7 +49,7 @@ def test_eval_transform_matches_resize_then_crop_on_moderate_images():
 
 def resize_then_crop(img: Image.Image, size: int):
     """The old transform, kept here as the reference."""
-    from mmtool.data.images import to_normalized_tensor
+    from mmtool.data.reading.images import to_normalized_tensor
 
     scale = size / min(img.size)
     new = (size, int(img.height * scale)) if img.width <= img.height else (int(img.width * scale), size)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mmtool.data.loader import resolve_shards
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.reading.loader import resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.index import ImageIndex
 from mmtool.index.server import make_server
 

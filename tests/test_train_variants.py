@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmtool.cpu_features import fp16_missing_reason, fp16_supported
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 from tests.test_train_e2e import mmtool, train_losses
 
 FP16 = fp16_supported()  # DeepSpeed's answer for this machine's CPU (scripts/cpu_features.py prints why)

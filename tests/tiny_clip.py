@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from mmtool.data.loader import resolve_shards
-from stage1_clip.bundle import save_clip
+from mmtool.data.reading.loader import resolve_shards
+from stage1_clip.checkpoint import save_clip
 from stage1_clip.config import ClipConfig, ModelConfig, TextConfig, VisionConfig
 from stage1_clip.model import CLIP
 from stage1_clip.tokenizer_setup import train_tokenizer

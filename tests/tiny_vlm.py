@@ -5,8 +5,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from mmtool.tokenizer import SentencePieceTokenizer
-from stage1_clip.bundle import save_clip
+from stage1_clip.tokenizer import SentencePieceTokenizer
+from stage1_clip.checkpoint import save_clip
 from stage1_clip.config import ClipConfig, ModelConfig, TextConfig, VisionConfig
 from stage1_clip.model import CLIP
 from tests.tiny_llm import CHATML_TEMPLATE
@@ -62,7 +62,7 @@ def save_tiny_llm(folder: Path, corpus: list[str] = CORPUS, seed: int = 0) -> Pa
 
 def save_tiny_vlm(folder: Path) -> Path:
     """An untrained aligned checkpoint folder/vlm.pt on a tiny ViT CLIP (folder/clip.pt) and tiny Llama (folder/llm)."""
-    from stage2_projector.bundle import build_vlm, save_vlm
+    from stage2_projector.checkpoint import build_vlm, save_vlm
     from stage2_projector.config import AlignConfig, ModelConfig
 
     clip_path, llm_dir = save_tiny_clip(folder / "clip.pt"), save_tiny_llm(folder / "llm")

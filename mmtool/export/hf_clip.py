@@ -7,9 +7,9 @@ first eos token, which transformers' CLIPTextModel does when `eos_token_id` is n
 import torch
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
-from mmtool.data.images import CLIP_MEAN, CLIP_STD
+from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD
 from mmtool.errors import MmtoolError
-from mmtool.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from stage1_clip.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from stage1_clip.attention import Transformer
 from stage1_clip.config import TextConfig, VisionConfig
 

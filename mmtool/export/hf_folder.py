@@ -8,7 +8,7 @@ from mmtool.export.folder import staged_folder, weights_sha256, write_manifest
 from mmtool.export.hf_clip import clip_to_hf, image_processor, vision_model_with_projection_to_hf
 from mmtool.export.hf_tokenizer import sentencepiece_to_hf
 from mmtool.errors import MmtoolError
-from mmtool.tokenizer import SentencePieceTokenizer
+from stage1_clip.tokenizer import SentencePieceTokenizer
 
 
 def _load_exact(model, state_dict: dict) -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtool.export.encoders import ImageEncoder, TextEncoder
+from mmtool.export.standalone_towers import ImageEncoder, TextEncoder
 from mmtool.export.folder import read_manifest, staged_folder, weights_sha256, write_manifest
 from mmtool.errors import MmtoolError
-from stage1_clip.bundle import tokenizer_extras
+from stage1_clip.checkpoint import tokenizer_extras
 
 VISION, TEXT = "vision.onnx", "text.onnx"
 OPSET = 18
@@ -81,7 +81,7 @@ class OnnxClip:
 
 def _load_tokenizer(folder: Path):
     if (folder / "tokenizer.model").is_file():
-        from mmtool.tokenizer import SentencePieceTokenizer
+        from stage1_clip.tokenizer import SentencePieceTokenizer
 
         return SentencePieceTokenizer.load(folder / "tokenizer.model")
     from stage1_clip.hf_text import HFTokenizerAdapter

@@ -3,7 +3,7 @@ from importlib import import_module
 from pathlib import Path
 
 from mmtool.errors import MmtoolError
-from stage1_clip.bundle import load_clip
+from stage1_clip.checkpoint import load_clip
 
 # format -> (module, vision exporter, clip exporter); modules load on use (transformers is slow to import)
 EXPORTERS = {

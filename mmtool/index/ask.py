@@ -4,8 +4,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from mmtool.data.images import BadSample
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.reading.images import BadSample
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.index.embed import thumbnail_name
 from mmtool.index.image_index import Hit, ImageIndex

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mmtool.data.images import BadSample, eval_transform, load_image
+from mmtool.data.reading.images import BadSample, eval_transform, load_image
 from mmtool.index.sources import SourceItem
 
 THUMB_SIZE = 160

@@ -15,10 +15,10 @@ import faiss
 import numpy as np
 
 from mmtool.checkpoint import atomic_write
-from mmtool.data.images import BadSample
+from mmtool.data.reading.images import BadSample
 from mmtool.errors import MmtoolError
 from mmtool.index.embed import EmbedReport, embed_items, image_bytes_to_pixels
-from mmtool.index.encoders import load_encoder
+from mmtool.index.embedding_models import load_encoder
 from mmtool.index.sources import source_items
 
 FORMAT = "mmtool.image_index/1"

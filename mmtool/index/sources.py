@@ -5,10 +5,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from mmtool.data.jsonl import read_record
-from mmtool.data.sample_format import IMAGE_EXTENSIONS
-from mmtool.data.shard_files import resolve_shards
-from mmtool.data.sample_stream import parsed_samples
+from mmtool.data.building.jsonl import read_record
+from mmtool.data.reading.sample_format import IMAGE_EXTENSIONS
+from mmtool.data.reading.shard_reader import resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 
 

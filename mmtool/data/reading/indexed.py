@@ -15,10 +15,10 @@ from collections import Counter, defaultdict
 import numpy as np
 from torch.utils.data import get_worker_info
 
-from mmtool.data.loader import ShardBatches, TrainLoader, worker_plan
-from mmtool.data.sample_format import RawSample
-from mmtool.data.sample_stream import parsed_samples
-from mmtool.data.shard_files import sample_count
+from mmtool.data.reading.loader import ShardBatches, TrainLoader, worker_plan
+from mmtool.data.reading.sample_format import RawSample
+from mmtool.data.reading.sample_stream import parsed_samples
+from mmtool.data.reading.shard_reader import sample_count
 from mmtool.errors import MmtoolError
 
 

@@ -3,10 +3,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from mmtool.data.emoji_catalog import Emoji
-from mmtool.data.emoji_match import fluent_slugs, twemoji_stems
-from mmtool.data.emoji_render import NOTO_FONT
-from mmtool.data.npm_cache import npm_package
+from mmtool.data.building.emoji_catalog import Emoji
+from mmtool.data.building.emoji_match import fluent_slugs, twemoji_stems
+from mmtool.data.building.emoji_render import NOTO_FONT
+from mmtool.data.building.npm_cache import npm_package
 from mmtool.errors import MmtoolError
 
 TWEMOJI = ("@twemoji/svg", "15.0.0")

@@ -14,7 +14,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from mmtool.checkpoint import save_model
-from stage2_projector.bundle import KIND, SAVED_PREFIXES, VlmBundle, load_vlm, resolve_model_file
+from stage2_projector.checkpoint import KIND, SAVED_PREFIXES, VlmBundle, load_vlm, resolve_model_file
 from stage3_llm.config import LoraSettings
 
 ADAPTER_DIR = "adapter"

@@ -7,7 +7,7 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw, ImageFont
 
-from mmtool.data.images import pad_to_square
+from mmtool.data.reading.images import pad_to_square
 from mmtool.errors import MmtoolError
 
 NOTO_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")

@@ -5,12 +5,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mmtool.data.emoji_catalog import Emoji, read_emoji
-from mmtool.data.emoji_licences import write_attribution
-from mmtool.data.emoji_render import NOTO_FONT, render_all, require_cairo
-from mmtool.data.emoji_styles import STYLES, find_artwork, parse_styles
-from mmtool.data.sample_format import encode_sample
-from mmtool.data.shards import SplitWriter, hash_split, write_meta
+from mmtool.data.building.emoji_catalog import Emoji, read_emoji
+from mmtool.data.building.emoji_licences import write_attribution
+from mmtool.data.building.emoji_render import NOTO_FONT, render_all, require_cairo
+from mmtool.data.building.emoji_styles import STYLES, find_artwork, parse_styles
+from mmtool.data.reading.sample_format import encode_sample
+from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.errors import MmtoolError
 
 REPORT_FILE = "styles_report.json"

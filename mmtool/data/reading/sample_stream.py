@@ -13,9 +13,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from mmtool.data.images import BadSample
-from mmtool.data.sample_format import RawSample, parse_raw
-from mmtool.data.shard_files import iter_tar_groups
+from mmtool.data.reading.images import BadSample
+from mmtool.data.reading.sample_format import RawSample, parse_raw
+from mmtool.data.reading.shard_reader import iter_tar_groups
 from mmtool.errors import MmtoolError
 
 # With fewer shards per slot, whole-shard shares would differ too much in size (a 307-sample tail shard

@@ -12,10 +12,10 @@ import torch
 
 from mmtool.checkpoint import file_sha256, load_model, save_model
 from mmtool.config import from_dict, to_dict
-from mmtool.data.images import CLIP_MEAN, CLIP_STD, eval_transform, load_image
+from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD, eval_transform, load_image
 from mmtool.errors import MmtoolError
-from mmtool.llm import LoadedLlm, check_same_llm, load_llm
-from stage1_clip.bundle import load_clip
+from stage2_projector.llm import LoadedLlm, check_same_llm, load_llm
+from stage1_clip.checkpoint import load_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.towers import build_vision_tower
 from stage2_projector.config import AlignConfig

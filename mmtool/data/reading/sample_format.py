@@ -8,7 +8,7 @@ read as captions = [txt].
 import json
 from dataclasses import dataclass
 
-from mmtool.data.images import BadSample
+from mmtool.data.reading.images import BadSample
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 

@@ -1,8 +1,8 @@
 """ATTRIBUTION.md beside the shards: Twemoji's CC-BY 4.0 requires credit and a note of changes, MIT its notice."""
 from pathlib import Path
 
-from mmtool.data.emoji_styles import FLUENT, Style
-from mmtool.data.npm_cache import npm_package
+from mmtool.data.building.emoji_styles import FLUENT, Style
+from mmtool.data.building.npm_cache import npm_package
 
 ATTRIBUTION_FILE = "ATTRIBUTION.md"
 MIT_MICROSOFT = """MIT License

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from mmtool.checkpoint import atomic_write
-from mmtool.data.emoji import readable_name
-from mmtool.data.loader import resolve_shards
-from mmtool.data.sample_stream import parsed_samples, seeded_rng
-from mmtool.data.shard_files import shard_name
+from mmtool.data.building.emoji import readable_name
+from mmtool.data.reading.loader import resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng
+from mmtool.data.reading.shard_reader import shard_name
 from mmtool.errors import MmtoolError
 
 TASKS = ("what", "group", "describe", "yesno", "multi")

@@ -67,7 +67,7 @@ def load_encoder(model: str | Path):
             return TorchImageEncoder(encoder, vision_cfg.image_size, manifest["weights_sha256"])
         raise MmtoolError(f"--model {path}: a {fmt!r} export; index with the checkpoint or an onnx / safetensors "
                           f"export (transformers folders are for other tools)")
-    from stage1_clip.bundle import load_clip
+    from stage1_clip.checkpoint import load_clip
 
     bundle = load_clip(path)
     return TorchClipEncoder(bundle.model, bundle.tokenize, bundle.config.model.vision.image_size,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from mmtool.data.augment import WHITE, StyleAugment, after_crop, before_crop, composite
+from mmtool.data.reading.augment import WHITE, StyleAugment, after_crop, before_crop, composite
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
@@ -25,7 +25,7 @@ class BadSample(Exception):
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training-time augmentation: random resized crop, and the style switches (mmtool/data/augment.py)."""
+    """Training-time augmentation: random resized crop, and the style switches (mmtool/data/reading/augment.py)."""
     random_resized_crop_scale: tuple = (0.9, 1.0)  # share of the image area kept
     ratio: tuple = (3 / 4, 4 / 3)  # crop aspect ratio range (width / height)
     style: StyleAugment = StyleAugment()
