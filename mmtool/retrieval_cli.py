@@ -37,6 +37,8 @@ index_app = typer.Typer(help="Build and grow image-search indexes (FAISS + metad
 SourceArgument = Annotated[str, typer.Argument(help="A folder of images, a .jsonl list ({\"image\": path, "
                                                     "\"caption\"?: text, ...}) or webdataset shards")]
 BatchOption = Annotated[int, typer.Option(help="Images embedded per forward pass")]
+SaveEveryOption = Annotated[int, typer.Option(help="Save the index every N new images: an interruption loses "
+                                                        "at most N (rerun to continue)")]
 
 
 def report_embedding(report) -> None:
@@ -56,11 +58,13 @@ def index_build(
     index_type: Annotated[str, typer.Option(help="flat (exact inner product) | hnsw (approximate, large sets)")]
     = "flat",
     batch_size: BatchOption = 64,
+    save_every: SaveEveryOption = 1000,
 ):
     """Embed every image of SOURCE and write a searchable index."""
     from mmtool.index import ImageIndex
 
-    _, report = ImageIndex.build(source, model, out, index_type=index_type, batch_size=batch_size)
+    _, report = ImageIndex.build(source, model, out, index_type=index_type, batch_size=batch_size,
+                                 save_every=save_every)
     report_embedding(report)
 
 
@@ -71,11 +75,13 @@ def index_add(
     model: Annotated[Optional[str], typer.Option(help="Same weights as the index's model, in any format "
                                                       "(default: the one it was built with)")] = None,
     batch_size: BatchOption = 64,
+    save_every: SaveEveryOption = 1000,
 ):
-    """Append new images (indexed ones are not re-embedded; identical files are skipped)."""
+    """Append new images (indexed ones are not re-embedded; identical files are skipped). Saves as it goes: rerun
+    after an interruption and it continues."""
     from mmtool.index import ImageIndex
 
-    report_embedding(ImageIndex.open(index).add(source, model, batch_size=batch_size))
+    report_embedding(ImageIndex.open(index).add(source, model, batch_size=batch_size, save_every=save_every))
 
 
 def search(

@@ -4,13 +4,14 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from mmtool.checkpoint import atomic_write
 from mmtool.data.reading.images import BadSample, eval_transform, load_image
 from mmtool.index.sources import SourceItem
 
@@ -42,22 +43,21 @@ def _save_thumbnail(image: Image.Image, path: Path) -> None:
         return
     thumb = image.copy()
     thumb.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.BICUBIC)
-    thumb.save(path, "JPEG", quality=88)
+    atomic_write(path, lambda tmp: thumb.save(tmp, "JPEG", quality=88))
 
 
-def embed_items(items: Iterable[SourceItem], encoder, thumbs: Path, known: set[str], batch_size: int = 64,
-                progress: bool = True) -> tuple[np.ndarray, list[dict], EmbedReport]:
-    """Returns (vectors [N, D] float32, one record per vector, report); `known` holds content hashes already in
-    the index and grows with the new ones."""
-    report, records, chunks = EmbedReport(), [], []
-    pending: list[torch.Tensor] = []
+def encode_batch(encoder, pixels: list[torch.Tensor]) -> np.ndarray:
+    """[3, S, S] each -> [B, D] float32 unit vectors."""
+    return encoder.encode_images(torch.stack(pixels)).numpy().astype(np.float32)
+
+
+def embedded_batches(items: Iterable[SourceItem], encoder, thumbs: Path, known: set[str], report: EmbedReport,
+                     batch_size: int = 64, progress: bool = True) -> Iterator[tuple[np.ndarray, list[dict]]]:
+    """Yields (vectors [B, D] float32, one record per vector) batch by batch, counting what it skips in `report`;
+    `known` holds content hashes already in the index and grows with the new ones."""
+    pixels: list[torch.Tensor] = []
+    records: list[dict] = []
     thumbs.mkdir(parents=True, exist_ok=True)
-
-    def flush() -> None:
-        if pending:
-            chunks.append(encoder.encode_images(torch.stack(pending)).numpy().astype(np.float32))  # [B, D]
-            pending.clear()
-
     for item in tqdm(items, desc="embed", unit="img", disable=not progress, dynamic_ncols=True):
         if item.image is None:
             report.unreadable.append((item.path, "missing_or_unreadable_file"))
@@ -72,15 +72,21 @@ def embed_items(items: Iterable[SourceItem], encoder, thumbs: Path, known: set[s
             report.unreadable.append((item.path, err.reason))
             continue
         known.add(sha256)
-        pending.append(eval_transform(image, encoder.image_size))  # [3, S, S]
+        pixels.append(eval_transform(image, encoder.image_size))  # [3, S, S]
         _save_thumbnail(image, thumbs / thumbnail_name(sha256))
         records.append({"path": item.path, "caption": item.caption, "fields": item.fields, "sha256": sha256})
-        if len(pending) == batch_size:
-            flush()
-    flush()
-    report.added = len(records)
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    return vectors, records, report
+        if len(pixels) == batch_size:
+            yield _finished(encoder, pixels, records, report)
+            pixels, records = [], []
+    if pixels:
+        yield _finished(encoder, pixels, records, report)
+
+
+def _finished(encoder, pixels: list[torch.Tensor], records: list[dict],
+              report: EmbedReport) -> tuple[np.ndarray, list[dict]]:
+    vectors = encode_batch(encoder, pixels)  # [B, D]
+    report.added += len(records)
+    return vectors, records
 
 
 def image_bytes_to_pixels(data: bytes, image_size: int) -> torch.Tensor:

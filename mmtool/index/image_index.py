@@ -1,13 +1,20 @@
 """ImageIndex: a folder holding a FAISS index of unit image embeddings (inner product = cosine), one metadata
 record per vector, thumbnails, and the identity of the model that made the vectors.
 
-    index/index.json     format, model identity (hash of its weights) and path, sizes, index type, count
-    index/vectors.faiss  IndexFlatIP (exact) or IndexHNSWFlat (approximate, for large collections)
-    index/items.jsonl    {"path", "caption", "fields", "sha256"} per vector, in vector order
-    index/thumbs/        SHA256.jpg thumbnails for the web page
+    index/index.json             format, model identity (hash of its weights) and path, sizes, index type, count,
+                                 and `data`: the version folder holding the vectors and records
+    index/vNNNNNN/vectors.faiss  IndexFlatIP (exact) or IndexHNSWFlat (approximate, for large collections)
+    index/vNNNNNN/items.jsonl    {"path", "caption", "fields", "sha256"} per vector, in vector order
+    index/thumbs/                SHA256.jpg thumbnails for the web page
+    index/.lock                  held by the one process writing (build, add)
+
+A save writes a new version folder, then renames index.json over the old one: that rename is the commit, so a
+crash at any point leaves either the previous complete version or the new one. Older versions are removed after.
 """
 import json
-from collections import Counter
+import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +24,15 @@ import numpy as np
 from mmtool.checkpoint import atomic_write
 from mmtool.data.reading.images import BadSample
 from mmtool.errors import MmtoolError
-from mmtool.index.embed import EmbedReport, embed_items, image_bytes_to_pixels
+from mmtool.index.embed import EmbedReport, embedded_batches, image_bytes_to_pixels
 from mmtool.index.embedding_models import load_encoder
 from mmtool.index.sources import source_items
+from mmtool.index.writer_lock import exclusive_writer
 
-FORMAT = "mmtool.image_index/1"
+FORMAT = "mmtool.image_index/2"
+FLAT_FORMAT = "mmtool.image_index/1"  # older: vectors and records beside index.json, replaced one by one
+VERSION_FOLDER = re.compile(r"v\d{6}")
+SAVE_EVERY = 1000  # images between saves while embedding: a crash loses at most this many
 INDEX_TYPES = ("flat", "hnsw")
 HNSW_NEIGHBOURS = 32  # graph degree M: recall vs memory
 HNSW_EF_SEARCH = 128  # candidates visited per query: recall vs latency
@@ -58,7 +69,7 @@ class ImageIndex:
     # building and growing ------------------------------------------------------------------------------------
     @classmethod
     def build(cls, source: str, model: str | Path, out: Path, index_type: str = "flat", batch_size: int = 64,
-              progress: bool = True) -> tuple["ImageIndex", EmbedReport]:
+              progress: bool = True, save_every: int = SAVE_EVERY) -> tuple["ImageIndex", EmbedReport]:
         out = Path(out)
         if (out / "index.json").exists():
             raise MmtoolError(f"--out {out}: already holds an index; use `mmtool index add` or another folder")
@@ -67,55 +78,93 @@ class ImageIndex:
         meta = {"format": FORMAT, "model": {"identity": encoder.identity, "path": str(Path(model).resolve())},
                 "image_size": encoder.image_size, "index_type": index_type, "embed_dim": None, "count": 0}
         index = cls(out, meta, None, [], encoder)
-        report = index._append(source, batch_size, progress)
+        with exclusive_writer(out):
+            if (out / "index.json").exists():
+                raise MmtoolError(f"--out {out}: another build wrote an index here meanwhile")
+            report = index._append(source, batch_size, progress, save_every)
         if not index.items:
             raise MmtoolError(f"SOURCE {source}: no readable image "
                               f"(unreadable: {len(report.unreadable)}, duplicates: {report.duplicates})")
         return index, report
 
-    def add(self, source: str, model: str | Path | None = None, batch_size: int = 64,
-            progress: bool = True) -> EmbedReport:
+    def add(self, source: str, model: str | Path | None = None, batch_size: int = 64, progress: bool = True,
+            save_every: int = SAVE_EVERY) -> EmbedReport:
         """Embeds only the new images; duplicates of indexed content are skipped. `model` must be the same
-        weights the index was built with (any format)."""
+        weights the index was built with (any format). Saves every `save_every` new images, so a rerun after a
+        crash continues where the last save left off."""
         if model is not None:
             self._encoder = self._checked(load_encoder(model), model)
-        return self._append(source, batch_size, progress)
+        with exclusive_writer(self.folder):
+            self._reload_if_changed()
+            return self._append(source, batch_size, progress, save_every)
 
-    def _append(self, source: str, batch_size: int, progress: bool) -> EmbedReport:
+    def _reload_if_changed(self) -> None:
+        """Another writer may have saved between our open() and taking the lock."""
+        if self.meta.get("data") is not None and self.meta != _read_meta(self.folder):
+            latest = ImageIndex.open(self.folder)
+            self.meta, self.vectors, self.items = latest.meta, latest.vectors, latest.items
+
+    def _append(self, source: str, batch_size: int, progress: bool, save_every: int) -> EmbedReport:
+        if save_every < 1:
+            raise MmtoolError(f"--save-every {save_every}: must be at least 1")
         known = {item["sha256"] for item in self.items}
-        unusable = Counter()
-        vectors, records, report = embed_items(source_items(source, unusable), self.encoder, self.folder / "thumbs",
-                                               known, batch_size, progress)
-        report.unusable = unusable  # counted as the items were read, so complete only now
-        if records:
+        report, unsaved = EmbedReport(), 0
+        batches = embedded_batches(source_items(source, report.unusable), self.encoder, self.folder / "thumbs",
+                                   known, report, batch_size, progress)
+        for vectors, records in batches:  # vectors [B, D]
             if self.vectors is None:
                 self.meta["embed_dim"] = int(vectors.shape[1])
                 self.vectors = new_faiss_index(self.meta["index_type"], vectors.shape[1])
             self.vectors.add(np.ascontiguousarray(vectors))
             self.items.extend(records)
+            unsaved += len(records)
+            if unsaved >= save_every:
+                self.save()
+                unsaved = 0
+        if unsaved:
             self.save()
         return report
 
     def save(self) -> None:
-        self.meta["count"] = len(self.items)
-        atomic_write(self.folder / "vectors.faiss", lambda tmp: faiss.write_index(self.vectors, str(tmp)))
+        """Writes the next version folder, then commits it by renaming index.json over the old one."""
+        version = f"v{_version_number(self.meta.get('data')) + 1:06d}"
+        data = self.folder / version
+        if data.exists():  # left by a crash before its commit
+            shutil.rmtree(data)
+        data.mkdir(parents=True)
+        faiss.write_index(self.vectors, str(data / "vectors.faiss"))
         lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in self.items)
-        atomic_write(self.folder / "items.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
-        atomic_write(self.folder / "index.json", lambda tmp: tmp.write_text(json.dumps(self.meta, indent=2) + "\n"))
+        (data / "items.jsonl").write_text(lines, encoding="utf-8")
+        for name in ("vectors.faiss", "items.jsonl"):
+            _fsync(data / name)
+        meta = {**self.meta, "format": FORMAT, "count": len(self.items), "data": version}
+        atomic_write(self.folder / "index.json", lambda tmp: _write_synced(tmp, json.dumps(meta, indent=2) + "\n"))
+        self.meta = meta
+        self._remove_other_versions(version)
+
+    def _remove_other_versions(self, current: str) -> None:
+        for path in self.folder.iterdir():
+            if path.is_dir() and VERSION_FOLDER.fullmatch(path.name) and path.name != current:
+                shutil.rmtree(path, ignore_errors=True)
+        for name in ("vectors.faiss", "items.jsonl"):  # a flat-format index converted by this save
+            (self.folder / name).unlink(missing_ok=True)
 
     # opening and searching ---------------------------------------------------------------------------------
     @classmethod
     def open(cls, folder: str | Path, model: str | Path | None = None) -> "ImageIndex":
         """`model` (checkpoint or export folder) embeds the queries; by default the one the index was built with."""
         folder = Path(folder)
-        meta_path = folder / "index.json"
-        if not meta_path.is_file():
-            raise MmtoolError(f"{folder}: not an mmtool image index (no index.json)")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") != FORMAT:
-            raise MmtoolError(f"{meta_path}: unknown index format {meta.get('format')!r}")
-        vectors = faiss.read_index(str(folder / "vectors.faiss"))
-        items = [json.loads(line) for line in (folder / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+        for attempt in range(3):
+            meta = _read_meta(folder)
+            data = folder / meta["data"] if meta["format"] == FORMAT else folder
+            try:
+                vectors = faiss.read_index(str(data / "vectors.faiss"))
+                text = (data / "items.jsonl").read_text(encoding="utf-8")
+                break
+            except (RuntimeError, OSError):
+                if attempt == 2 or _read_meta(folder) == meta:  # not a writer's commit in between: broken
+                    raise MmtoolError(f"{data}: vectors or records missing or unreadable") from None
+        items = [json.loads(line) for line in text.splitlines()]
         if not vectors.ntotal == len(items) == meta["count"]:
             raise MmtoolError(f"{folder}: inconsistent index ({vectors.ntotal} vectors, {len(items)} records, "
                               f"index.json says {meta['count']})")
@@ -165,3 +214,34 @@ class ImageIndex:
         scores, ids = self.vectors.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.items)))
         return [[Hit(rank + 1, float(score), **self.items[i]) for rank, (score, i) in enumerate(zip(row_s, row_i))
                  if i >= 0] for row_s, row_i in zip(scores, ids)]
+
+
+def _read_meta(folder: Path) -> dict:
+    path = folder / "index.json"
+    if not path.is_file():
+        raise MmtoolError(f"{folder}: not an mmtool image index (no index.json)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MmtoolError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, FLAT_FORMAT):
+        raise MmtoolError(f"{path}: unknown index format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    if meta["format"] == FORMAT and not VERSION_FOLDER.fullmatch(str(meta.get("data"))):
+        raise MmtoolError(f"{path}: key 'data': {meta.get('data')!r} is not a version folder name")
+    return meta
+
+
+def _version_number(name: str | None) -> int:
+    return int(name[1:]) if name else 0
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
