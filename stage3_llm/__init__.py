@@ -1,1 +1,1 @@
-"""Stage 3: LoRA instruction tuning of the LLaVA-style model (not yet implemented)."""
+"""Stage 3: instruction tuning of the stage-2 model on LLaVA conversations (LoRA or full), with its evaluation."""

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import webdataset as wds
 
-META_FILE = "meta.json"
-SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"  # what split_writer names its shards
+from mmtool.data.reading.shard_reader import META_FILE
+
+SHARD_GLOB = "*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"  # what SplitWriter names its shards
 
 
 def hash_split(group: str, val_fraction: float, seed: int) -> str:

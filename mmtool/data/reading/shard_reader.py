@@ -13,9 +13,9 @@ import braceexpand
 from webdataset.gopen import gopen, gopen_schemes
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
 
-from mmtool.data.building.shard_writer import META_FILE
 from mmtool.errors import MmtoolError
 
+META_FILE = "meta.json"  # beside the shards: sample counts per shard, written by building/shard_writer.py
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")  # "https://...", "pipe:...", "file:..." (not a drive letter)
 
 

@@ -1,0 +1,1 @@
+"""Building datasets as webdataset shards (emoji, OpenClipart, JSONL pairs) and instruction conversations."""
