@@ -14,26 +14,39 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
+from mmtool.config import FilePath, NameOrPath, PathField
 from mmtool.errors import MmtoolError
 
 
 @dataclass
 class EmojiDataSpec:
-    out: str = "data/emoji5"
+    out: FilePath = "data/emoji5"
     styles: str = "all"
     eval_style: str | None = "twemoji"
 
 
 @dataclass
 class StageSpec:
-    config: str = ""
+    """A stage's config (a file, or a bundled recipe by name) and `--set` overrides for that stage only."""
     set: list[str] = field(default_factory=list)
 
 
 @dataclass
+class ClipSpec(StageSpec):
+    config: Annotated[str, PathField(only_if_exists=True, bundled="clip")] = "configs/clip/default.yaml"
+
+
+@dataclass
 class AlignSpec(StageSpec):
-    llm: str = "llama"
+    config: Annotated[str, PathField(only_if_exists=True, bundled="align")] = "configs/align/emoji.yaml"
+    llm: NameOrPath = "llama"
+
+
+@dataclass
+class FinetuneSpec(StageSpec):
+    config: Annotated[str, PathField(only_if_exists=True, bundled="finetune")] = "configs/finetune/emoji.yaml"
 
 
 @dataclass
@@ -47,11 +60,11 @@ class EvalSpec:
 
 @dataclass
 class PipelineConfig:
-    out: str = "runs/pipeline"
+    out: FilePath = "runs/pipeline"
     emoji: EmojiDataSpec = field(default_factory=EmojiDataSpec)
-    clip: StageSpec = field(default_factory=lambda: StageSpec("configs/clip/default.yaml"))
-    align: AlignSpec = field(default_factory=lambda: AlignSpec("configs/align/emoji.yaml"))
-    finetune: StageSpec = field(default_factory=lambda: StageSpec("configs/finetune/emoji.yaml"))
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    align: AlignSpec = field(default_factory=AlignSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
 
 
@@ -126,7 +139,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     return steps
 
 
-def clip_vision_type(stage: StageSpec) -> str:
+def clip_vision_type(stage: ClipSpec) -> str:
     from mmtool.config import load_config
     from stage1_clip.config import ClipConfig
 

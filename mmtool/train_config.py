@@ -4,6 +4,7 @@ Each stage subclasses it, changing defaults (a stage's usual lr, what it freezes
 """
 from dataclasses import dataclass, field
 
+from mmtool.config import DeepSpeedConfig
 from mmtool.optim import ParamGroupRule
 
 
@@ -20,7 +21,7 @@ class TrainSettings:
     eps: float = 1e-8
     grad_clip: float = 1.0
     seed: int = 0
-    deepspeed: str = "configs/deepspeed/zero2_bf16.json"
+    deepspeed: DeepSpeedConfig = "configs/deepspeed/zero2_bf16.json"
     # torch AdamW kernel: fused (one pass over all tensors), foreach (batched ops) or loop (one tensor at a time).
     optimizer_kernel: str = "fused"
     # Per-parameter lr / weight decay by name regex, first match wins; lr 0 freezes (mmtool/optim.py).

@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 from mmtool.data.reading.augment import StyleAugment
+from mmtool.config import DeepSpeedConfig, FilePath, NameOrPath
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 
@@ -22,7 +23,7 @@ class VisionConfig:
     # efficientnet_lite0: start from the bundled ImageNet weights (a checkpoint's own weights replace them)
     pretrained: bool = True
     # hf: a local Hugging Face CLIP / SigLIP folder, image encoder or dual model (or a bundled alias)
-    hf_path: str | None = None
+    hf_path: NameOrPath | None = None
     grad_checkpointing: bool = False
     # vit: share of patch tokens dropped at random in training (FLIP), in [0, 1); CLS is always kept
     patch_dropout: float = 0.0
@@ -37,14 +38,14 @@ class TextConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     # type: hf -- a local Hugging Face encoder folder (or a bundled alias, see mmtool.pretrained)
-    hf_path: str | None = None
+    hf_path: NameOrPath | None = None
     hf_pooling: str = "mean"  # mean | cls
     grad_checkpointing: bool = False
 
 
 @dataclass
 class TokenizerConfig:
-    path: str | None = None  # a sentencepiece .model; trained on the training captions when empty
+    path: FilePath | None = None  # a sentencepiece .model; trained on the training captions when empty
     vocab_size: int = 4096
     train_samples: int = 200_000  # captions read to train it
 
@@ -73,8 +74,8 @@ class LossConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "data/emoji/train-*.tar"
-    val: str | None = "data/emoji/val-*.tar"
+    train: FilePath = "data/emoji/train-*.tar"
+    val: FilePath | None = "data/emoji/val-*.tar"
     train_samples: int | None = None  # read from the shards' meta.json when empty
     batch_size: int = 128  # per rank
     workers: int = 2
@@ -112,7 +113,7 @@ class TrainConfig(TrainSettings):
     weight_decay: float = 0.2
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
-    deepspeed: str = "configs/deepspeed/fp32.json"
+    deepspeed: DeepSpeedConfig = "configs/deepspeed/fp32.json"
     keep_states: int = 2
     compile: bool = False  # torch.compile both towers (the first steps pay for compilation)
 

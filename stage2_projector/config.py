@@ -1,14 +1,15 @@
 """Stage-2 config: every knob of an align run, loaded from configs/align/*.yaml."""
 from dataclasses import dataclass, field
 
+from mmtool.config import CacheFolder, FilePath, NameOrPath
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 
 
 @dataclass
 class ModelConfig:
-    vision: str | None = None  # a stage-1 clip.pt (or --vision on the command line)
-    llm: str = "llama"  # local HF folder, GGUF file, alias in configs/llm/registry.yaml, or hub id
+    vision: FilePath | None = None  # a stage-1 clip.pt (or --vision on the command line)
+    llm: NameOrPath = "llama"  # local HF folder, GGUF file, alias in configs/llm/registry.yaml, or hub id
     # Which image-tower hidden state feeds the projector: Python indexing into [embeddings, block 1, ..., block L]
     # (ViT) or [stem, block 0, ..., block 15, head] (EfficientNet-Lite0). -2 = second to last, as LLaVA.
     feature_layer: int = -2
@@ -17,8 +18,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = "data/emoji/train-*.tar"
-    val: str | None = "data/emoji/val-*.tar"
+    train: FilePath = "data/emoji/train-*.tar"
+    val: FilePath | None = "data/emoji/val-*.tar"
     train_samples: int | None = None  # read from the shards' meta.json when empty
     val_samples: int = 128  # the first N val samples give the val answer loss
     batch_size: int = 16  # per rank
@@ -32,7 +33,7 @@ class DataConfig:
     # The frozen tower's features, computed once per image (stage2_projector/feature_cache.py): "auto" = a
     # feature_cache/ folder beside the train shards, or a folder, or null (off). Used only when the tower is
     # frozen by train.param_groups and random_resized_crop_scale is [1, 1].
-    feature_cache: str | None = "auto"
+    feature_cache: CacheFolder | None = "auto"
     # The user turn is "<image>\n" + one of these (picked per sample, fixed by its key); the answer is the caption.
     instructions: list[str] = field(default_factory=lambda: [
         "Describe this image briefly.", "What is shown in this image?", "Give a short caption for this image.",

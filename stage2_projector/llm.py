@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from mmtool.errors import MmtoolError
+from mmtool.recipes import bundled_root
 
-REGISTRY = Path(__file__).resolve().parents[1] / "configs" / "llm" / "registry.yaml"
+REGISTRY = bundled_root() / "llm" / "registry.yaml"
 IMAGE_TOKEN = "<image>"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -1,6 +1,7 @@
 """Stage-3 config: every knob of a finetune run, loaded from configs/finetune/*.yaml."""
 from dataclasses import dataclass, field
 
+from mmtool.config import CacheFolder, FilePath, NameOrPath
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 
@@ -18,17 +19,17 @@ class LoraSettings:
 
 @dataclass
 class ModelConfig:
-    base: str | None = None  # an aligned (stage-2) or finetuned (stage-3) checkpoint: vlm.pt or its run folder
-    llm: str | None = None  # load the LLM from here instead of the spec the checkpoint records
+    base: FilePath | None = None  # an aligned (stage-2) or finetuned (stage-3) checkpoint: vlm.pt or its run folder
+    llm: NameOrPath | None = None  # load the LLM from here instead of the spec the checkpoint records
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass
 class DataConfig:
-    train: str = "data/instruct/train.json"  # LLaVA conversation JSON / JSONL
-    val: str | None = "data/instruct/val.json"
-    image_folder: str | None = None  # image paths are relative to this folder instead of the JSON file's
-    image_shards: str | None = None  # or: image references are sample keys of these webdataset shards
+    train: FilePath = "data/instruct/train.json"  # LLaVA conversation JSON / JSONL
+    val: FilePath | None = "data/instruct/val.json"
+    image_folder: FilePath | None = None  # image paths are relative to this folder instead of the JSON file's
+    image_shards: FilePath | None = None  # or: image references are sample keys of these webdataset shards
     max_samples: int | None = None  # train on a seeded random subset of this many conversations
     val_samples: int = 64  # the first N val conversations give the val answer loss
     batch_size: int = 8  # per rank
@@ -37,7 +38,7 @@ class DataConfig:
     packed: bool = True
     # The frozen tower's features, computed once per image (stage2_projector/feature_cache.py): "auto" = a
     # feature_cache/ folder beside data.train, or a folder, or null (off). Used only when the tower is frozen.
-    feature_cache: str | None = "auto"
+    feature_cache: CacheFolder | None = "auto"
 
 
 @dataclass
