@@ -29,6 +29,13 @@ class OptimSettings:
     rules: list[ParamGroupRule] = field(default_factory=list)
     kernel: str = "fused"  # torch AdamW implementation: fused | foreach | loop (see bench/RESULTS.md)
 
+    @classmethod
+    def from_train(cls, train, total_steps: int) -> "OptimSettings":
+        """From a stage's `train:` section (mmtool.train_config.TrainSettings) and the run's length."""
+        return cls(lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), eps=train.eps,
+                   grad_clip=train.grad_clip, warmup_steps=train.warmup_steps, total_steps=total_steps,
+                   min_lr_ratio=train.min_lr_ratio, rules=train.param_groups, kernel=train.optimizer_kernel)
+
 
 def load_deepspeed_config(path: str | Path) -> dict:
     path = Path(path)
@@ -127,6 +134,9 @@ class TrainEngine:
 
     def load_state(self, directory: Path) -> dict:
         """Loads the latest state under `directory`; returns the client state saved with it."""
+        from mmtool.safe_state import install_safe_loader
+
+        install_safe_loader(self.engine)
         # Not strict: the frozen weights are absent from the state by design (see save_state).
         path, client_state = self.engine.load_checkpoint(str(directory), load_module_strict=False)
         if path is None:

@@ -7,9 +7,9 @@ import torch
 
 from mmtool.checkpoint import load_model, save_model
 from mmtool.config import from_dict, to_dict
-from stage1_clip.tokenizer import SentencePieceTokenizer
 from stage1_clip.config import ClipConfig
 from stage1_clip.model import CLIP
+from stage1_clip.tokenizer import SentencePieceTokenizer
 
 KIND = "clip"
 

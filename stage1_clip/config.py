@@ -1,8 +1,8 @@
 """Stage-1 config: every knob of a CLIP run, loaded from configs/clip/*.yaml."""
 from dataclasses import dataclass, field
 
-from mmtool.data.reading.augment import StyleAugment
 from mmtool.config import DeepSpeedConfig, FilePath, NameOrPath
+from mmtool.data.reading.augment import StyleAugment
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 

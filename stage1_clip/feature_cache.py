@@ -13,9 +13,9 @@ Image trunk and augmentation: a cache can only pay off when an image's input rep
 draws a new random crop (and style) every epoch. With the trunk cache on, each image instead has a fixed set of
 `data.cached_views` views, view v drawn with the full live augmentation (random resized crop, grayscale, outline,
 ...) from a generator seeded by (seed, v, sample key), and each epoch picks one view per sample, seeded by (seed,
-epoch, key) (mmtool/data/reading/loader.py). Every epoch's image is thus distributed exactly as on the live path; what it
-costs is diversity over the run: an image shows at most `cached_views` crops and renderings instead of one per
-epoch (the default recipe's 7.6 epochs). The key is the exact augmented pixels, so the view, the image bytes and
+epoch, key) (mmtool/data/reading/loader.py). Every epoch's image is thus distributed exactly as on the live path;
+what it costs is diversity over the run: an image shows at most `cached_views` crops and renderings instead of one
+per epoch (the default recipe's 7.6 epochs). The key is the exact augmented pixels, so the view, the image bytes and
 the resolution are all in it; the namespace holds the frozen stages' weights hash, the cut point, the image size
 and the precision. The views are computed on first use (the first epochs build the cache), not ahead of training.
 

@@ -7,8 +7,8 @@ from mmtool import distributed
 from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 from mmtool.pretrained import resolve_model_dir
-from stage1_clip.tokenizer import SentencePieceTokenizer
 from stage1_clip.config import ClipConfig
+from stage1_clip.tokenizer import SentencePieceTokenizer
 
 
 def iter_captions(urls: list[str], limit: int):

@@ -14,12 +14,12 @@ from mmtool.checkpoint import file_sha256, load_model, save_model
 from mmtool.config import from_dict, to_dict
 from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD, eval_transform, load_image
 from mmtool.errors import MmtoolError
-from stage2_projector.llm import LoadedLlm, check_same_llm, load_llm
 from stage1_clip.checkpoint import load_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.towers import build_vision_tower
 from stage2_projector.config import AlignConfig
 from stage2_projector.features import PatchFeatures
+from stage2_projector.llm import LoadedLlm, check_same_llm, load_llm
 from stage2_projector.model import VisionLanguageModel
 from stage2_projector.projector import build_projector
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stage2_projector.chat_format import IGNORE_INDEX
 from mmtool.errors import MmtoolError
+from stage2_projector.chat_format import IGNORE_INDEX
 from stage2_projector.features import PatchFeatures
 
 

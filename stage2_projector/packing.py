@@ -14,8 +14,8 @@ The mask is passed to the LLM as given (transformers does so with a 4-D mask), w
 """
 import torch
 
-from stage2_projector.chat_format import IGNORE_INDEX
 from mmtool.errors import MmtoolError
+from stage2_projector.chat_format import IGNORE_INDEX
 
 
 def pack_batch(encoded: list[tuple[list[int], list[int]]], image_token_id: int) -> dict[str, torch.Tensor]:

@@ -15,9 +15,9 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from mmtool.data.reading.images import BadSample, load_image
 from mmtool.errors import MmtoolError
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from stage2_projector.packing import pack_batch
 
 IMAGE_MARKER = "<image>"

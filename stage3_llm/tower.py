@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.checkpoint import file_sha256
-from mmtool.data.reading.images import eval_transform, load_image
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
+from mmtool.data.reading.images import eval_transform, load_image
 from mmtool.errors import MmtoolError
-from stage2_projector.llm import IMAGE_TOKEN
 from stage1_clip.checkpoint import ClipBundle, load_clip
 from stage1_clip.evaluate import embed_images, embed_texts
+from stage2_projector.llm import IMAGE_TOKEN
 from stage3_llm.conversations import Conversation, ImageSource
 
 NAME_TEMPLATE = "an emoji of {}"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.building.shard_writer import SplitWriter
+from mmtool.data.reading.sample_format import encode_sample
 
 # (split, key, name, group, subgroup, base, keywords)
 EMOJI = [

@@ -7,18 +7,18 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionModel
 
-from stage2_projector.chat_format import IGNORE_INDEX
 from mmtool.config import from_dict
 from mmtool.errors import MmtoolError
 from mmtool.export.hf_clip import vision_tower_to_hf
-from stage2_projector.llm import add_image_token
 from mmtool.optim import build_param_groups
 from stage1_clip.checkpoint import load_clip
+from stage2_projector.chat_format import IGNORE_INDEX
 from stage2_projector.checkpoint import build_vlm, check_vision, load_vlm
 from stage2_projector.config import AlignConfig, ModelConfig
-from stage2_projector.features import PatchFeatures
-from stage2_projector.projector import build_projector
 from stage2_projector.evaluate import evaluate_answer_loss
+from stage2_projector.features import PatchFeatures
+from stage2_projector.llm import add_image_token
+from stage2_projector.projector import build_projector
 from stage2_projector.train import make_val_set, val_batches
 from tests.test_train_e2e import mmtool
 from tests.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, save_tiny_llm, tiny_llama

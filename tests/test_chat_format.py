@@ -1,8 +1,8 @@
 """Turn-wise chat encoding: ids equal the whole-conversation template's, labels cover exactly the answers."""
 import pytest
 
-from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation, encode_prompt
 from mmtool.errors import MmtoolError
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation, encode_prompt
 from tests.tiny_llm import bpe_tokenizer, word_tokenizer
 
 WORDS = ["what", "is", "this", "a", "cat", "red", "?", "yes", "no", "it", "."]

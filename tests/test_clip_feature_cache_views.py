@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
+from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.data.reading.augment import StyleAugment
 from mmtool.data.reading.images import AugmentConfig, open_image, train_transform
 from mmtool.data.reading.loader import make_train_loader, resolve_shards
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.reading.sample_stream import seeded_rng
-from mmtool.data.building.shard_writer import SplitWriter, write_meta
 
 SAMPLES, EPOCHS, VIEWS = 16, 8, 2
 # The default recipe's augmentation: random resized crop, grayscale 0.2, outline 0.2.

@@ -11,8 +11,8 @@ import typer.main
 
 from mmtool.cli import app
 from mmtool.clip_folds import FoldsSpec, parse_seeds, plan_folds, run_folds
-from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.building.shard_writer import SplitWriter, write_meta
+from mmtool.data.reading.sample_format import encode_sample
 from mmtool.errors import MmtoolError
 from mmtool.fold_report import METRICS, SPLITS, format_report
 from tests.emoji_fixtures import png

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from mmtool.data.reading.images import eval_transform
 from mmtool.errors import MmtoolError
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 from tests.emoji_fixtures import png, write_emoji_shards
 from tests.tiny_llm import word_tokenizer

@@ -13,9 +13,9 @@ from mmtool.config import load_config
 from mmtool.data.reading.augment import StyleAugment, jitter_colours, outline, pick_caption, rotate
 from mmtool.data.reading.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, flatten_on_white, random_resized_crop_box,
                                 train_transform)
+from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.data.reading.loader import make_train_loader, resolve_shards
 from mmtool.data.reading.sample_format import encode_sample
-from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.errors import MmtoolError
 from stage1_clip.config import ClipConfig
 

@@ -13,8 +13,8 @@ from mmtool.data.building.emoji_catalog import EMOJI_TEST, read_emoji
 from mmtool.data.building.emoji_match import fluent_slugs, twemoji_stems
 from mmtool.data.building.emoji_render import NOTO_FONT
 from mmtool.data.building.emoji_styles import FLUENT, STYLES, TWEMOJI, find_artwork, parse_styles
-from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.building.npm_cache import npm_package
+from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.errors import MmtoolError
 

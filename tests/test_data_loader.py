@@ -12,11 +12,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from mmtool.data.building.shard_writer import META_FILE, SplitWriter, write_meta
 from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.data.reading.shard_reader import iter_tar_groups
-from mmtool.data.building.shard_writer import META_FILE, SplitWriter, write_meta
 from mmtool.errors import MmtoolError
 
 GOOD = 37

@@ -3,8 +3,8 @@ from collections import Counter
 
 import pytest
 
-from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.building.openclipart import OPENCLIPART, build_openclipart, clean_title, svg_metadata
+from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.reading.sample_stream import parsed_samples
 
 pytestmark = pytest.mark.skipif(not (OPENCLIPART / "svg").is_dir(),

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mmtool.data.reading.images import eval_transform, load_image
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
+from mmtool.data.reading.images import eval_transform, load_image
 from mmtool.errors import MmtoolError
 from mmtool.pipeline import headline
 from stage1_clip.checkpoint import load_clip

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from stage2_projector.llm import add_image_token
 from mmtool.optim import ParamGroupRule
 from stage2_projector.checkpoint import build_vlm
 from stage2_projector.config import AlignConfig, ModelConfig, TrainConfig
 from stage2_projector.data import encode_caption_batch
 from stage2_projector.feature_cache import FeatureCache, image_key, open_feature_cache
+from stage2_projector.llm import add_image_token
 from stage3_llm.train import finetune
 from tests.test_finetune import config, parts, records  # noqa: F401 (parts is a fixture)
 from tests.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, tiny_llama

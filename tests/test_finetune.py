@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from mmtool.config import load_config
+from mmtool.data.building.instructions import build_instructions
+from mmtool.data.reading.images import eval_transform
 from mmtool.errors import MmtoolError
 from stage2_projector.checkpoint import build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
@@ -15,8 +17,6 @@ from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 from stage3_llm.evaluate import answer_conversations, contains_answer, exact_match, normalize, score
 from stage3_llm.train import finetune
-from mmtool.data.reading.images import eval_transform
-from mmtool.data.building.instructions import build_instructions
 from tests.emoji_fixtures import write_emoji_shards
 from tests.tiny_vlm import save_tiny_clip, save_tiny_llm
 

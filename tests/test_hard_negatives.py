@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from mmtool.config import load_config
+from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.data.reading.images import AugmentConfig, eval_transform, load_image
 from mmtool.data.reading.indexed import IndexedSet, compose_batches, group_indices, make_indexed_loader
 from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.reading.sample_format import encode_sample
-from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.errors import MmtoolError
 from stage1_clip.config import ClipConfig
 from stage1_clip.hard_negatives import HardNegatives, check_config, mine_negatives

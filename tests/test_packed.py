@@ -3,12 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from mmtool.errors import MmtoolError
-from stage2_projector.llm import add_image_token
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from stage2_projector.checkpoint import build_vlm
 from stage2_projector.config import AlignConfig, ModelConfig
 from stage2_projector.data import encode_caption_batch
+from stage2_projector.llm import add_image_token
 from stage2_projector.packing import batch_tokens, check_packable, pack_batch, shared_prefix_length
 from stage3_llm.conversations import collate_conversations
 from tests.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, tiny_llama

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mmtool.cli import app
-from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.building.shard_writer import SplitWriter, write_meta
+from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.reading.skips import skip_summary
 from tests.test_data_loader import GOOD, bad_samples, good_sample, png
 from tests.test_train_e2e import TINY, mmtool

@@ -40,8 +40,8 @@ def test_resnet_tower(emoji_shards, tmp_path):
 
 def test_lit_locked_pretrained_text_tower(emoji_shards, tmp_path):
     """The bundled MiniLM stays exactly as loaded (lr 0); the checkpoint rebuilds it without the package's files."""
-    from stage1_clip.hf_text import HFTextTower
     from mmtool.pretrained import resolve_model_dir
+    from stage1_clip.hf_text import HFTextTower
 
     run("configs/clip/lit_minilm.yaml", emoji_shards, tmp_path, "model.vision.layers=2")
     bundle = load_clip(tmp_path / "clip.pt")

@@ -5,10 +5,10 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from stage1_clip.tokenizer import SentencePieceTokenizer
 from stage1_clip.checkpoint import save_clip
 from stage1_clip.config import ClipConfig, ModelConfig, TextConfig, VisionConfig
 from stage1_clip.model import CLIP
+from stage1_clip.tokenizer import SentencePieceTokenizer
 from tests.tiny_llm import CHATML_TEMPLATE
 
 CORPUS = ["a grinning face with big eyes", "a red apple", "cat face with tears of joy", "a rocket in the sky",

@@ -9,9 +9,9 @@ from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
 
 from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD
 from mmtool.errors import MmtoolError
-from stage1_clip.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from stage1_clip.attention import Transformer
 from stage1_clip.config import TextConfig, VisionConfig
+from stage1_clip.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 def _encoder_state(transformer: Transformer, prefix: str) -> dict[str, torch.Tensor]:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 from transformers import CLIPModel, CLIPVisionModelWithProjection
 
+from mmtool.errors import MmtoolError
 from mmtool.export.folder import staged_folder, weights_sha256, write_manifest
 from mmtool.export.hf_clip import clip_to_hf, image_processor, vision_model_with_projection_to_hf
 from mmtool.export.hf_tokenizer import sentencepiece_to_hf
-from mmtool.errors import MmtoolError
 from stage1_clip.tokenizer import SentencePieceTokenizer
 
 

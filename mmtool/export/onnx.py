@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtool.export.standalone_towers import ImageEncoder, TextEncoder
-from mmtool.export.folder import read_manifest, staged_folder, weights_sha256, write_manifest
 from mmtool.errors import MmtoolError
+from mmtool.export.folder import read_manifest, staged_folder, weights_sha256, write_manifest
+from mmtool.export.standalone_towers import ImageEncoder, TextEncoder
 from stage1_clip.checkpoint import tokenizer_extras
 
 VISION, TEXT = "vision.onnx", "text.onnx"

@@ -9,8 +9,8 @@ from torch import nn
 
 from mmtool.config import from_dict, to_dict
 from mmtool.errors import MmtoolError
-from mmtool.export.standalone_towers import ImageEncoder
 from mmtool.export.folder import read_manifest, staged_folder, weights_sha256, write_manifest
+from mmtool.export.standalone_towers import ImageEncoder
 from stage1_clip.checkpoint import ClipBundle, clip_extras, clip_from_parts
 from stage1_clip.config import VisionConfig
 from stage1_clip.towers import build_vision_tower

@@ -7,8 +7,8 @@ from typing import Iterator
 
 from mmtool.data.building.jsonl import read_record
 from mmtool.data.reading.sample_format import IMAGE_EXTENSIONS
-from mmtool.data.reading.shard_reader import resolve_shards
 from mmtool.data.reading.sample_stream import parsed_samples
+from mmtool.data.reading.shard_reader import resolve_shards
 from mmtool.errors import MmtoolError
 
 

@@ -9,8 +9,8 @@ from mmtool.data.building.emoji_catalog import Emoji, read_emoji
 from mmtool.data.building.emoji_licences import write_attribution
 from mmtool.data.building.emoji_render import NOTO_FONT, render_all, require_cairo
 from mmtool.data.building.emoji_styles import STYLES, find_artwork, parse_styles
-from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
+from mmtool.data.reading.sample_format import encode_sample
 from mmtool.errors import MmtoolError
 
 REPORT_FILE = "styles_report.json"

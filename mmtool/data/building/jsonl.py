@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.data.reading.images import BadSample, open_image
 from mmtool.data.reading.sample_format import IMAGE_EXTENSIONS, encode_sample
-from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.errors import MmtoolError
 
 RESERVED_FIELDS = ("image", "caption", "captions", "split")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.data.reading.images import BadSample, open_image, pad_to_square
 from mmtool.data.reading.sample_format import encode_sample
-from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.errors import MmtoolError
 
 OPENCLIPART = Path("/usr/share/openclipart")

@@ -20,7 +20,7 @@ from mmtool.data.reading.augment import pick_caption
 from mmtool.data.reading.images import AugmentConfig, BadSample, eval_transform, load_image, open_image, train_transform
 from mmtool.data.reading.sample_format import RawSample
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_samples
-from mmtool.data.reading.shard_reader import resolve_shards, sample_count  # noqa: F401 (public API of mmtool.data.reading.loader)
+from mmtool.data.reading.shard_reader import resolve_shards, sample_count  # noqa: F401 (this module's API too)
 from mmtool.errors import MmtoolError
 
 
