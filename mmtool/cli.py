@@ -7,56 +7,74 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmtool.cli_options import (DATA, PIPELINE, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
+                                PrintConfigOption, SetOption, WorkflowGroup, config_option, load_or_print, one_of,
+                                required, version)
 from mmtool.errors import MmtoolError
-from mmtool.retrieval_cli import add_retrieval_commands
+from mmtool.retrieval_cli import ClipOption, OldCheckpointArgument, add_retrieval_commands
 
-app = typer.Typer(help="mmtool: image-caption shards -> CLIP -> LLaVA-style multimodal LLM.",
+app = typer.Typer(help="mmtool: image-caption shards -> CLIP -> LLaVA-style multimodal LLM.", cls=WorkflowGroup,
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build webdataset shards from real data.", no_args_is_help=True)
 tokenizer_app = typer.Typer(help="Train and inspect sentencepiece tokenizers.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-app.add_typer(tokenizer_app, name="tokenizer")
+app.add_typer(data_app, name="data", rich_help_panel=DATA)
+app.add_typer(tokenizer_app, name="tokenizer", rich_help_panel=DATA)
 add_retrieval_commands(app)
 
-SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set train.lr=1e-4")]
+ModelOption = Annotated[Optional[Path], typer.Option("--model", help="A stage-2/3 model: vlm.pt or its run folder")]
 ResumeOption = Annotated[bool, typer.Option(help="Continue from the latest training state in --out")]
 OverwriteOption = Annotated[bool, typer.Option(help="Start over in an --out that holds another run: its files are "
                                                     "removed first (the folder's other files are kept)")]
 
 
-@app.command("pretrain-clip")
+def show_version(asked: bool) -> None:
+    if asked:
+        print(f"mmtool {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(_: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                                 help="Print mmtool's version and exit")] = False):
+    """mmtool: image-caption shards -> CLIP -> LLaVA-style multimodal LLM."""
+
+
+@app.command("pretrain-clip", rich_help_panel=STAGE1)
 def pretrain_clip(
-    config: Annotated[Path, typer.Option(help="YAML under configs/clip/")] = Path("configs/clip/tiny_vit.yaml"),
+    config: Annotated[str, config_option("clip", "CLIP recipe")] = "tiny_vit",
     overrides: SetOption = None,
+    print_config: PrintConfigOption = False,
     out: Annotated[Path, typer.Option(help="Output folder: clip.pt, metrics, training states")] = Path("ckpt/clip"),
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
 ):
     """Pretrain CLIP (or SigLIP) towers with DeepSpeed; evaluate on the val split; write OUT/clip.pt."""
     from mmtool import distributed
-    from mmtool.config import load_config
     from mmtool.train_state import claim_out
     from stage1_clip.config import ClipConfig
     from stage1_clip.train import pretrain_clip as run
 
-    cfg = load_config(ClipConfig, config, overrides or [])
+    cfg = load_or_print(ClipConfig, config, overrides, "clip", print_config)
     claim_out(out, resume, overwrite)
     run(cfg, out, resume=resume)
     distributed.exit_cleanly()
 
 
-@app.command("eval-clip")
+@app.command("eval-clip", rich_help_panel=STAGE1)
 def eval_clip(
-    checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip.safetensors")],
     data: Annotated[str, typer.Option(help="Shards to evaluate on (glob, brace list or file)")],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the metrics here")] = None,
+    clip: ClipOption = None,
+    json_out: OutJsonOption = None,
+    checkpoint: OldCheckpointArgument = None,
+    old_json: OldJsonPath = None,
 ):
     """Image<->text retrieval recall and zero-shot accuracy of a CLIP checkpoint."""
     from mmtool.data.reading.loader import make_eval_set, resolve_shards
     from stage1_clip.checkpoint import load_clip
     from stage1_clip.evaluate import evaluate_clip
 
-    bundle = load_clip(checkpoint)
+    json_out = one_of(json_out, old_json, "--out-json")
+    bundle = load_clip(required(one_of(clip, checkpoint, "--clip"), "--clip"))
     cfg = bundle.config
     eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields)
     metrics = evaluate_clip(bundle.model, bundle.tokenize, eval_set, cfg.eval.templates, cfg.eval.batch_size)
@@ -114,16 +132,17 @@ def data_from_jsonl(
 
 @data_app.command("instructions")
 def data_instructions(
-    shards: Annotated[str, typer.Option(help="Emoji shards, e.g. 'data/emoji/{train,val}-*.tar'")],
+    data: Annotated[Optional[str], typer.Option(help="Emoji shards, e.g. 'data/emoji/{train,val}-*.tar'")] = None,
     out: Annotated[Path, typer.Option(help="Folder for <split>.json and images/")] = Path("data/instruct"),
     tasks: Annotated[str, typer.Option(help="Comma list of what, group, describe, yesno, multi")]
     = "what,group,describe,yesno,multi",
     seed: Annotated[int, typer.Option(help="Seed for question choice and yes/no premises")] = 0,
+    shards: Annotated[Optional[str], typer.Option("--shards", hidden=True)] = None,  # before --data
 ):
     """LLaVA-format instruction conversations from emoji shards' metadata, one JSON per shard split."""
     from mmtool.data.building.instructions import build_instructions
 
-    report = build_instructions(shards, out, tasks=tasks, seed=seed)
+    report = build_instructions(required(one_of(data, shards, "--data"), "--data"), out, tasks=tasks, seed=seed)
     print(json.dumps(report, indent=2))
     print_skips(report["skipped"], sum(split["images"] for split in report["splits"].values()))
 
@@ -145,37 +164,105 @@ def tokenizer_train(
     print(f"wrote {out} ({tokenizer.vocab_size} pieces)")
 
 
-@app.command("align")
+@app.command("align", rich_help_panel=STAGE2)
 def align(
-    vision: Annotated[Optional[Path], typer.Option(help="Stage-1 checkpoint (clip.pt) whose image tower is used")]
-    = None,
+    clip: Annotated[Optional[Path], typer.Option("--clip", help="Stage-1 checkpoint (clip.pt) whose image tower "
+                                                               "is used")] = None,
     llm: Annotated[Optional[str], typer.Option(help="LLM: HF folder, .gguf file, alias (llama) or hub id")] = None,
-    config: Annotated[Path, typer.Option(help="YAML under configs/align/")] = Path("configs/align/emoji.yaml"),
+    config: Annotated[str, config_option("align", "Stage-2 recipe")] = "emoji",
     overrides: SetOption = None,
+    print_config: PrintConfigOption = False,
     out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, metrics, training states")] = Path("ckpt/align"),
     resume: ResumeOption = False,
     overwrite: OverwriteOption = False,
+    vision: Annotated[Optional[Path], typer.Option("--vision", hidden=True)] = None,  # before --clip
 ):
     """Stage 2: train a projector from a frozen stage-1 image tower into a frozen LLM; write OUT/vlm.pt."""
     from mmtool import distributed
-    from mmtool.config import load_config
     from mmtool.train_state import claim_out
     from stage2_projector.config import AlignConfig
     from stage2_projector.train import align as run
 
+    clip = one_of(clip, vision, "--clip")
     sets = list(overrides or [])
-    sets += [f"model.vision={vision}"] if vision else []
+    sets += [f"model.vision={clip}"] if clip else []
     sets += [f"model.llm={llm}"] if llm else []
-    cfg = load_config(AlignConfig, config, sets)
+    cfg = load_or_print(AlignConfig, config, sets, "align", print_config)
     claim_out(out, resume, overwrite)
     run(cfg, out, resume=resume)
     distributed.exit_cleanly()
 
 
-@app.command("chat")
+@app.command("finetune", rich_help_panel=STAGE3)
+def finetune(
+    model: Annotated[Optional[Path], typer.Option(help="The stage-2 (or stage-3) model to tune: vlm.pt or its run "
+                                                       "folder")] = None,
+    data: Annotated[Optional[str], typer.Option(help="LLaVA conversation JSON / JSONL to train on")] = None,
+    config: Annotated[str, config_option("finetune", "Stage-3 recipe")] = "emoji",
+    overrides: SetOption = None,
+    print_config: PrintConfigOption = False,
+    out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, adapter/, metrics, training states")]
+    = Path("ckpt/llava"),
+    resume: ResumeOption = False,
+    overwrite: OverwriteOption = False,
+):
+    """Stage 3: instruction-tune an aligned model (LoRA + projector by default); write OUT/vlm.pt and OUT/adapter/."""
+    from mmtool import distributed
+    from mmtool.train_state import claim_out
+    from stage3_llm.config import FinetuneConfig
+    from stage3_llm.train import finetune as run
+
+    sets = list(overrides or [])
+    sets += [f"model.base={model}"] if model else []
+    sets += [f"data.train={data}"] if data else []
+    cfg = load_or_print(FinetuneConfig, config, sets, "finetune", print_config)
+    claim_out(out, resume, overwrite)
+    run(cfg, out, resume=resume)
+    distributed.exit_cleanly()
+
+
+@app.command("eval-llava", rich_help_panel=STAGE3)
+def eval_llava(
+    model: Annotated[Path, typer.Option(help="A stage-3 (or stage-2) model: vlm.pt or its run folder")],
+    data: Annotated[Path, typer.Option(help="Held-out LLaVA conversations, e.g. data/instruct/val.json")],
+    per_task: Annotated[int, typer.Option(help="Conversations per task, a seeded choice (0 = all)")] = 300,
+    seed: Annotated[int, typer.Option(help="Seed of the per-task choice and of the shuffled images")] = 0,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations of the file")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Questions answered together (greedy, left-padded)")] = 16,
+    image_folder: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder")] = None,
+    blind: Annotated[bool, typer.Option(help="Also answer with a blank and with a shuffled image")] = True,
+    tower: Annotated[bool, typer.Option(help="Also score the stage-1 CLIP tower alone")] = True,
+    clip: Annotated[Optional[Path], typer.Option("--clip", help="The stage-1 clip.pt for the tower baseline, "
+                                                               "instead of the path in the model's record")] = None,
+    any_clip: Annotated[bool, typer.Option("--any-clip", help="Accept a --clip file whose sha256 differs from the "
+                                                              "record")] = False,
+    json_out: Annotated[Optional[Path], typer.Option("--out-json", help="Also write scores and answers here (JSON)")]
+    = None,
+    vision: Annotated[Optional[Path], typer.Option("--vision", hidden=True)] = None,  # before --clip
+    any_vision: Annotated[bool, typer.Option("--any-vision", hidden=True)] = False,  # before --any-clip
+    old_json: OldJsonPath = None,
+):
+    """Per-task answer accuracy beside its baselines: majority answer, blind copies and the CLIP tower alone.
+
+    Exact and contains accuracy with 95% CIs; the blind copies answer with a blank and with a shuffled image."""
+    from stage3_llm.eval_run import EvalOptions, run_eval
+
+    json_out = one_of(json_out, old_json, "--out-json")
+    options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, blind=blind, tower=tower, vision=one_of(clip, vision, "--clip"),
+                          any_vision=any_clip or any_vision)
+    report = run_eval(model, data, image_folder, options)
+    print(report["table"])
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report["json"], indent=2, ensure_ascii=False))
+
+
+@app.command("chat", rich_help_panel=STAGE3)
 def chat(
     question: Annotated[str, typer.Argument(help="What to ask about the image")],
-    model: Annotated[Path, typer.Option(help="An aligned or finetuned vlm.pt, or the run folder holding it")],
+    model: Annotated[Path, typer.Option(help="A stage-2/3 model: vlm.pt or its run folder")],
     image: Annotated[Path, typer.Option(help="Image file (PNG, JPEG, ...)")],
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
@@ -199,68 +286,9 @@ def chat(
     print()
 
 
-@app.command("finetune")
-def finetune(
-    model: Annotated[Optional[Path], typer.Option(help="Aligned (or finetuned) checkpoint: vlm.pt or its run folder")]
-    = None,
-    data: Annotated[Optional[str], typer.Option(help="LLaVA conversation JSON / JSONL to train on")] = None,
-    config: Annotated[Path, typer.Option(help="YAML under configs/finetune/")] = Path("configs/finetune/emoji.yaml"),
-    overrides: SetOption = None,
-    out: Annotated[Path, typer.Option(help="Output folder: vlm.pt, adapter/, metrics, training states")]
-    = Path("ckpt/llava"),
-    resume: ResumeOption = False,
-    overwrite: OverwriteOption = False,
-):
-    """Stage 3: instruction-tune an aligned model (LoRA + projector by default); write OUT/vlm.pt and OUT/adapter/."""
-    from mmtool import distributed
-    from mmtool.config import load_config
-    from mmtool.train_state import claim_out
-    from stage3_llm.config import FinetuneConfig
-    from stage3_llm.train import finetune as run
-
-    sets = list(overrides or [])
-    sets += [f"model.base={model}"] if model else []
-    sets += [f"data.train={data}"] if data else []
-    cfg = load_config(FinetuneConfig, config, sets)
-    claim_out(out, resume, overwrite)
-    run(cfg, out, resume=resume)
-    distributed.exit_cleanly()
-
-
-@app.command("eval-llava")
-def eval_llava(
-    model: Annotated[Path, typer.Option(help="A finetuned (or aligned) checkpoint: vlm.pt or its run folder")],
-    data: Annotated[Path, typer.Option(help="Held-out LLaVA conversations, e.g. data/instruct/val.json")],
-    per_task: Annotated[int, typer.Option(help="Conversations per task, a seeded choice (0 = all)")] = 300,
-    seed: Annotated[int, typer.Option(help="Seed of the per-task choice and of the shuffled images")] = 0,
-    limit: Annotated[Optional[int], typer.Option(help="Only the first N conversations of the file")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 32,
-    batch_size: Annotated[int, typer.Option(help="Questions answered together (greedy, left-padded)")] = 16,
-    image_folder: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder")] = None,
-    blind: Annotated[bool, typer.Option(help="Also answer with a blank and with a shuffled image")] = True,
-    tower: Annotated[bool, typer.Option(help="Also score the stage-1 CLIP tower alone")] = True,
-    vision: Annotated[Optional[Path], typer.Option(help="The stage-1 clip.pt for the tower baseline, instead of "
-                                                        "the path in the model's record")] = None,
-    any_vision: Annotated[bool, typer.Option(help="Accept a --vision file whose sha256 differs from the record")]
-    = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write scores and answers here")] = None,
-):
-    """Per-task answer accuracy (exact, contains, 95% CI) beside the majority answer, the same model with a blank
-    or shuffled image, and its CLIP tower alone."""
-    from stage3_llm.eval_run import EvalOptions, run_eval
-
-    options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, blind=blind, tower=tower, vision=vision, any_vision=any_vision)
-    report = run_eval(model, data, image_folder, options)
-    print(report["table"])
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(report["json"], indent=2, ensure_ascii=False))
-
-
-@app.command("export-llava")
+@app.command("export-llava", rich_help_panel=EXPORT)
 def export_llava(
-    model: Annotated[Path, typer.Option(help="An aligned or finetuned vlm.pt (LoRA is merged), or its run folder")],
+    model: Annotated[Path, typer.Option(help="A stage-2/3 model: vlm.pt (LoRA is merged) or its run folder")],
     out: Annotated[Path, typer.Option(help="Folder for the Hugging Face LLaVA model")],
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
 ):
@@ -271,46 +299,56 @@ def export_llava(
     print(f"wrote {run(load_finetuned(model, llm), out)}")
 
 
-@app.command("pipeline")
+@app.command("pipeline", rich_help_panel=PIPELINE)
 def pipeline(
-    config: Annotated[Path, typer.Argument(help="YAML under configs/pipeline/")] = Path("configs/pipeline/emoji.yaml"),
+    config: Annotated[Optional[str], config_option("pipeline", "Pipeline")] = None,
+    overrides: SetOption = None,
+    print_config: PrintConfigOption = False,
     force: Annotated[bool, typer.Option(help="Re-run every step, even those that are up to date")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the steps and whether each is up to date; run nothing")]
     = False,
+    config_argument: Annotated[Optional[str], typer.Argument(hidden=True)] = None,  # before --config
 ):
     """Stage 1 -> stage 2 -> stage 3 -> exports -> evaluations, skipping steps whose outputs are up to date."""
-    from mmtool.config import load_config
     from mmtool.pipeline import PipelineConfig, format_summary, plan, run_pipeline
 
-    cfg = load_config(PipelineConfig, config)
+    config = one_of(config, config_argument, "--config") or "emoji"
+    cfg = load_or_print(PipelineConfig, config, overrides, "pipeline", print_config)
     steps = plan(cfg)
     runner = (lambda args: print(f"would run: mmtool {' '.join(args)}")) if dry_run else None
     rows = run_pipeline(steps, Path(cfg.out) / "stamps", force=force, runner=runner, record=not dry_run)
     print("\n" + format_summary(rows))
 
 
-@app.command("clip-folds")
+@app.command("clip-folds", rich_help_panel=STAGE1)
 def clip_folds(
-    config: Annotated[Path, typer.Option(help="CLIP recipe, a YAML under configs/clip/")],
+    config: Annotated[str, config_option("clip", "CLIP recipe")],
     out: Annotated[Path, typer.Option(help="Folder for one run per fold, the stamps and folds.json")],
     styles: Annotated[str, typer.Option(help="Held-out styles, one fold each: comma list or all")] = "all",
     seeds: Annotated[Optional[str], typer.Option(help="Seeds to train on --seed-fold for the spread, e.g. 0,1,2")]
     = None,
     seed_fold: Annotated[str, typer.Option(help="The fold the extra seeds run on")] = "twemoji",
     overrides: SetOption = None,
+    print_config: PrintConfigOption = False,
     shards: Annotated[Path, typer.Option(help="Fold shards: <style>/ is built once and shared by every recipe")]
     = Path("data/folds"),
     baseline: Annotated[Optional[Path], typer.Option(help="Another recipe's folds.json (e.g. the linear probe) to "
                                                           "show beside every fold")] = None,
     existing_shards: Annotated[bool, typer.Option(hidden=True, help="Use SHARDS/<style>/ as they are")] = False,
 ):
-    """Leave one drawing style out, for every style: train the recipe, score it on the held-out style; report
-    each fold, the mean, the worst fold and the seed-to-seed spread (OUT/folds.json). Finished folds are skipped."""
+    """Leave-one-style-out folds: train the recipe per fold, score it on the style it never saw.
+
+    Reports each fold, the mean, the worst fold and the seed-to-seed spread (OUT/folds.json). Finished folds are
+    skipped."""
+    from mmtool import recipes
     from mmtool.clip_folds import FoldsSpec, parse_seeds, run_folds
     from mmtool.data.building.emoji_styles import parse_styles
     from mmtool.fold_report import format_report
 
-    spec = FoldsSpec(config, out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
+    from stage1_clip.config import ClipConfig
+
+    load_or_print(ClipConfig, config, overrides, "clip", print_config)
+    spec = FoldsSpec(recipes.find_config(config, "clip"), out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
                      list(overrides or []), shards, build_shards=not existing_shards, baseline=baseline)
     print("\n" + format_report(run_folds(spec)))
 

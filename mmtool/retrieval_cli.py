@@ -6,29 +6,41 @@ from typing import Annotated, Optional
 
 import typer
 
+from mmtool.cli_options import EXPORT, SEARCH, JsonSwitch, one_of, required
 from mmtool.errors import MmtoolError
 
 FormatOption = Annotated[str, typer.Option("--format", help="hf | onnx | safetensors")]
 OutOption = Annotated[Path, typer.Option(help="Export folder (created; must not exist or be empty)")]
+ClipOption = Annotated[Optional[Path], typer.Option("--clip", help="A stage-1 CLIP checkpoint: clip.pt or "
+                                                                   "clip.safetensors")]
+OldCheckpointArgument = Annotated[Optional[Path], typer.Argument(hidden=True)]  # before --clip
+# The index commands embed with CLIP weights in any format; by default the index's own.
+IndexClipOption = Annotated[Optional[str], typer.Option("--clip", help="CLIP weights: clip.pt / clip.safetensors, "
+                                                                       "or an onnx / safetensors export folder")]
+OldModelOption = Annotated[Optional[str], typer.Option("--model", hidden=True)]  # before --clip
 
 
-def export_vision(checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip.safetensors")],
-                  out: OutOption, fmt: FormatOption = "hf"):
-    """Export the image encoder (tower + projection): hf = CLIPVisionModelWithProjection + image processor (ViT
-    towers); onnx = vision.onnx (dynamic batch); safetensors = weights + config.json (any tower)."""
+def export_vision(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf",
+                  checkpoint: OldCheckpointArgument = None):
+    """Export the image encoder (tower + projection) as hf, onnx or safetensors.
+
+    hf = CLIPVisionModelWithProjection + image processor (ViT towers); onnx = vision.onnx (dynamic batch);
+    safetensors = weights + config.json (any tower)."""
     from mmtool.export.run import export
 
-    export(checkpoint, "vision", fmt, out)
+    export(required(one_of(clip, checkpoint, "--clip"), "--clip"), "vision", fmt, out)
     print(f"wrote {out}")
 
 
-def export_clip(checkpoint: Annotated[Path, typer.Argument(help="clip.pt or clip.safetensors")],
-                out: OutOption, fmt: FormatOption = "hf"):
-    """Export both encoders: hf = CLIPModel + tokenizer (same ids as mmtool's) + image processor; onnx =
-    vision.onnx + text.onnx + tokenizer; safetensors = weights + config.json + tokenizer (any towers)."""
+def export_clip(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf",
+                checkpoint: OldCheckpointArgument = None):
+    """Export both encoders as hf, onnx or safetensors.
+
+    hf = CLIPModel + tokenizer (same ids as mmtool's) + image processor; onnx = vision.onnx + text.onnx + tokenizer;
+    safetensors = weights + config.json + tokenizer (any towers)."""
     from mmtool.export.run import export
 
-    export(checkpoint, "clip", fmt, out)
+    export(required(one_of(clip, checkpoint, "--clip"), "--clip"), "clip", fmt, out)
     print(f"wrote {out}")
 
 
@@ -53,15 +65,18 @@ def report_embedding(report) -> None:
 @index_app.command("build")
 def index_build(
     source: SourceArgument,
-    model: Annotated[str, typer.Option(help="clip.pt / clip.safetensors, or an onnx / safetensors export folder")],
     out: Annotated[Path, typer.Option(help="Index folder to create")],
+    clip: IndexClipOption = None,
     index_type: Annotated[str, typer.Option(help="flat (exact inner product) | hnsw (approximate, large sets)")]
     = "flat",
     batch_size: BatchOption = 64,
     save_every: SaveEveryOption = 1000,
+    model: OldModelOption = None,
 ):
     """Embed every image of SOURCE and write a searchable index."""
     from mmtool.index import ImageIndex
+
+    model = required(one_of(clip, model, "--clip"), "--clip")
 
     _, report = ImageIndex.build(source, model, out, index_type=index_type, batch_size=batch_size,
                                  save_every=save_every)
@@ -72,16 +87,18 @@ def index_build(
 def index_add(
     index: Annotated[Path, typer.Argument(help="An index folder from `mmtool index build`")],
     source: SourceArgument,
-    model: Annotated[Optional[str], typer.Option(help="Same weights as the index's model, in any format "
-                                                      "(default: the one it was built with)")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="The index's CLIP weights in any format (default: "
+                                                               "the ones it was built with)")] = None,
     batch_size: BatchOption = 64,
     save_every: SaveEveryOption = 1000,
+    model: OldModelOption = None,
 ):
     """Append new images (indexed ones are not re-embedded; identical files are skipped). Saves as it goes: rerun
     after an interruption and it continues."""
     from mmtool.index import ImageIndex
 
-    report_embedding(ImageIndex.open(index).add(source, model, batch_size=batch_size, save_every=save_every))
+    report_embedding(ImageIndex.open(index).add(source, one_of(clip, model, "--clip"), batch_size=batch_size,
+                                                save_every=save_every))
 
 
 def search(
@@ -89,14 +106,15 @@ def search(
     text: Annotated[Optional[str], typer.Option(help="Find images matching this text")] = None,
     image: Annotated[Optional[Path], typer.Option(help="Find images like this one")] = None,
     k: Annotated[int, typer.Option("-k", help="How many results")] = 10,
-    model: Annotated[Optional[str], typer.Option(help="Embed the query with these weights (same as the index's)")]
-    = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="Embed the query with these CLIP weights (the "
+                                                               "index's, in any format)")] = None,
+    as_json: JsonSwitch = False,
+    model: OldModelOption = None,
 ):
     """Ranked images for a text or an image query, with cosine scores."""
     from mmtool.index import ImageIndex
 
-    hits = ImageIndex.open(index, model).search(text=text, image=image, k=k)
+    hits = ImageIndex.open(index, one_of(clip, model, "--clip")).search(text=text, image=image, k=k)
     if as_json:
         print(json.dumps([hit.as_dict() for hit in hits], indent=2, ensure_ascii=False))
         return
@@ -110,14 +128,15 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port (0: any free one)")] = 8000,
     host: Annotated[str, typer.Option(help="Address to listen on; the default keeps it on this machine")]
     = "127.0.0.1",
-    model: Annotated[Optional[str], typer.Option(help="Embed queries with these weights (same as the index's)")]
-    = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="Embed queries with these CLIP weights (the "
+                                                               "index's, in any format)")] = None,
+    model: OldModelOption = None,
 ):
     """A local search page: text box, thumbnail grid, image upload for image->image search."""
     from mmtool.index import ImageIndex
     from mmtool.index.server import make_server
 
-    index = ImageIndex.open(index, model)
+    index = ImageIndex.open(index, one_of(clip, model, "--clip"))
     index.encoder  # load the model before the first request
     try:
         server = make_server(index, host, port)
@@ -136,7 +155,7 @@ def serve(
 def ask(
     index: Annotated[Path, typer.Argument(help="An index folder from `mmtool index build`")],
     question: Annotated[str, typer.Argument(help="Finds the best image for it, then answers it about that image")],
-    model: Annotated[Path, typer.Option(help="An aligned or finetuned vlm.pt, or the run folder holding it")],
+    model: Annotated[Path, typer.Option(help="A stage-2/3 model: vlm.pt or its run folder")],
     k: Annotated[int, typer.Option("-k", help="Also list the next best images (the answer uses the first)")] = 1,
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
@@ -166,9 +185,9 @@ def ask(
 
 
 def add_retrieval_commands(app: typer.Typer) -> None:
-    app.command("export-vision")(export_vision)
-    app.command("export-clip")(export_clip)
-    app.add_typer(index_app, name="index")
-    app.command("search")(search)
-    app.command("serve")(serve)
-    app.command("ask")(ask)
+    app.command("export-vision", rich_help_panel=EXPORT)(export_vision)
+    app.command("export-clip", rich_help_panel=EXPORT)(export_clip)
+    app.add_typer(index_app, name="index", rich_help_panel=SEARCH)
+    app.command("search", rich_help_panel=SEARCH)(search)
+    app.command("serve", rich_help_panel=SEARCH)(serve)
+    app.command("ask", rich_help_panel=SEARCH)(ask)
