@@ -131,19 +131,25 @@ def serve(
     clip: Annotated[Optional[str], typer.Option("--clip", help="Embed queries with these CLIP weights (the "
                                                                "index's, in any format)")] = None,
     model: OldModelOption = None,
+    token: Annotated[Optional[str], typer.Option(envvar="MMTOOL_SERVE_TOKEN", help="Answer only requests carrying "
+                                                 "this token (open /?token=TOKEN once; API: Authorization: Bearer)")]
+    = None,
 ):
     """A local search page: text box, thumbnail grid, image upload for image->image search."""
     from mmtool.index import ImageIndex
-    from mmtool.index.server import make_server
+    from mmtool.index import server as index_server
 
     index = ImageIndex.open(index, one_of(clip, model, "--clip"))
     index.encoder  # load the model before the first request
+    if not index_server.is_loopback(host) and token is None:
+        print(f"warning: --host {host} is reachable from other machines and no --token is set: anyone who can "
+              f"reach it can search the index and see its thumbnails", file=sys.stderr)
     try:
-        server = make_server(index, host, port)
+        server = index_server.make_server(index, host, port, token=token)
     except OSError as err:
         raise MmtoolError(f"--host {host} --port {port}: cannot listen ({err.strerror})") from None
-    print(f"serving {len(index.items)} images on http://{server.server_address[0]}:{server.server_address[1]}/ "
-          f"(Ctrl-C stops)", flush=True)
+    address = f"http://{server.server_address[0]}:{server.server_address[1]}/" + (f"?token={token}" if token else "")
+    print(f"serving {len(index.items)} images on {address} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
