@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 
 from mmtool import distributed
+from mmtool.errors import MmtoolError
 
 
 class HoldableAdamW(torch.optim.AdamW):
@@ -43,3 +44,17 @@ def any_rank(flag: torch.Tensor) -> bool:
     if distributed.world_size() > 1:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item())
+
+
+def count_nonfinite(engine, progress, limit: int, log) -> None:
+    """After a step: the engine held back its update when the loss was non-finite on some rank; `limit` such steps
+    in a row stop the run. Counts into `progress` (the loop's Progress), reports through `log` (a RunLog)."""
+    if not engine.update_skipped:
+        progress.nonfinite_in_a_row = 0
+        return
+    progress.nonfinite_steps += 1
+    progress.nonfinite_in_a_row += 1
+    log.message(f"step {progress.step}: non-finite loss, update skipped ({progress.nonfinite_in_a_row} in a row)")
+    if progress.nonfinite_in_a_row >= limit:
+        raise MmtoolError(f"{limit} steps in a row had a non-finite loss (last: step {progress.step}); stopped "
+                          "(lower train.lr, check the data, or raise train.max_nonfinite_steps)")

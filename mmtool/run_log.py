@@ -36,6 +36,13 @@ class RunLog:
             if isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(f"{split}/{key}", value, step)
 
+    def evaluation(self, step: int, metrics: dict) -> None:
+        """The val record and its `[eval step N]` line; nothing when there was nothing to evaluate."""
+        if metrics:
+            self.write(step, "val", metrics)
+            self.message(f"[eval step {step}] " + "  ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
     def message(self, text: str) -> None:
         if self.enabled:
             tqdm.write(text)
@@ -45,6 +52,26 @@ class RunLog:
             self.bar.close()
             self.jsonl.close()
             self.tensorboard.close()
+
+
+class ThroughputWindow:
+    """Samples and tokens per second, all ranks together, since the last log line."""
+
+    def __init__(self):
+        self.start, self.samples, self.tokens = time.perf_counter(), 0, 0
+
+    def add(self, result, world: int) -> None:
+        """`result`: the loop's StepResult (this rank's samples and tokens)."""
+        self.samples += result.samples * world
+        self.tokens += result.tokens * world
+
+    def rates(self) -> dict:
+        elapsed = time.perf_counter() - self.start
+        rates = {"samples_per_s": self.samples / elapsed}
+        if self.tokens:
+            rates["tokens_per_s"] = self.tokens / elapsed
+        self.__init__()
+        return rates
 
 
 def _short(value):

@@ -1,4 +1,17 @@
-"""When a training loop saves its state and evaluates: the bookkeeping all three stages share."""
+"""A training loop's schedule: how many optimizer steps an epoch holds, and when the loop saves its state and
+evaluates. The bookkeeping all three stages share."""
+from mmtool.errors import MmtoolError
+
+
+def steps_per_epoch(samples: int, batch_size: int, accum_steps: int, world: int) -> int:
+    """Optimizer steps in one pass over `samples`; accum_steps is checked before it divides anything."""
+    if accum_steps < 1:
+        raise MmtoolError(f"train.accum_steps must be >= 1, got {accum_steps}")
+    steps = samples // (batch_size * accum_steps * world)
+    if steps == 0:
+        raise MmtoolError(f"data.batch_size {batch_size} x train.accum_steps {accum_steps} x {world} ranks "
+                          f"exceeds the {samples} training samples")
+    return steps
 
 
 class Cadence:

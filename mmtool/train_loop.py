@@ -4,7 +4,6 @@ A stage supplies only what differs, as a `Stage`: its micro-batches for an epoch
 evaluation and what it saves at the end. `train()` reads top to bottom like the loop it is.
 """
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -14,9 +13,9 @@ import torch
 from mmtool import distributed
 from mmtool.data.reading.skips import BatchSkips
 from mmtool.engine import OptimSettings, TrainEngine
-from mmtool.errors import MmtoolError
-from mmtool.run_log import RunLog
-from mmtool.train_cadence import Cadence
+from mmtool.nonfinite import count_nonfinite
+from mmtool.run_log import RunLog, ThroughputWindow
+from mmtool.train_cadence import Cadence, steps_per_epoch
 from mmtool.train_config import TrainSettings
 from mmtool.train_state import load_latest_state, save_rotating_state
 
@@ -81,16 +80,6 @@ def start_run(settings: TrainSettings) -> None:
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
 
 
-def steps_per_epoch(samples: int, batch_size: int, accum_steps: int, world: int) -> int:
-    if accum_steps < 1:
-        raise MmtoolError(f"train.accum_steps must be >= 1, got {accum_steps}")
-    steps = samples // (batch_size * accum_steps * world)
-    if steps == 0:
-        raise MmtoolError(f"data.batch_size {batch_size} x train.accum_steps {accum_steps} x {world} ranks "
-                          f"exceeds the {samples} training samples")
-    return steps
-
-
 def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, config: dict, resume: bool) -> dict:
     """Trains `stage`, writes config.json, metrics, training states and the stage's checkpoint under `out`;
     returns the last val metrics."""
@@ -98,10 +87,8 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     world, accum = distributed.world_size(), settings.accum_steps
     per_epoch = steps_per_epoch(stage.samples, batch_size, accum, world)
     total_steps = settings.max_steps or settings.epochs * per_epoch
-    engine = TrainEngine(stage.model, settings.deepspeed, batch_size, accum_steps=accum, optim=OptimSettings(
-        lr=settings.lr, weight_decay=settings.weight_decay, betas=tuple(settings.betas), eps=settings.eps,
-        grad_clip=settings.grad_clip, warmup_steps=settings.warmup_steps, total_steps=total_steps,
-        min_lr_ratio=settings.min_lr_ratio, rules=settings.param_groups, kernel=settings.optimizer_kernel))
+    engine = TrainEngine(stage.model, settings.deepspeed, batch_size, accum_steps=accum,
+                         optim=OptimSettings.from_train(settings, total_steps))
     progress = Progress()
     if resume:
         client_state = load_latest_state(engine, out)
@@ -123,9 +110,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
         engine.train(False)
         metrics = stage.evaluate(engine)
         engine.train(True)
-        if metrics:
-            log.write(progress.step, "val", metrics)
-            log.message(f"[eval step {progress.step}] " + "  ".join(f"{k}={_short(v)}" for k, v in metrics.items()))
+        log.evaluation(progress.step, metrics)
         return metrics
 
     cadence = Cadence(settings.save_every, settings.eval_every, save_state, evaluate)
@@ -134,7 +119,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     engine.train()
     if progress.step < total_steps:
         stage.refresh(engine, progress, log)  # e.g. stage 1's first hard-negative mining
-    window, shown, skips = _Window(), {}, BatchSkips()
+    window, shown, skips = ThroughputWindow(), {}, BatchSkips()
     while progress.step < total_steps:
         micro_batches = []
         for batch in stage.batches(progress.epoch, progress.batch_in_epoch * accum):
@@ -175,39 +160,3 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     log.close()
     distributed.barrier()
     return metrics
-
-
-def count_nonfinite(engine: TrainEngine, progress: Progress, limit: int, log: RunLog) -> None:
-    """The engine held back the update of a step whose loss was non-finite on some rank; too many in a row abort."""
-    if not engine.update_skipped:
-        progress.nonfinite_in_a_row = 0
-        return
-    progress.nonfinite_steps += 1
-    progress.nonfinite_in_a_row += 1
-    log.message(f"step {progress.step}: non-finite loss, update skipped ({progress.nonfinite_in_a_row} in a row)")
-    if progress.nonfinite_in_a_row >= limit:
-        raise MmtoolError(f"{limit} steps in a row had a non-finite loss (last: step {progress.step}); stopped "
-                          "(lower train.lr, check the data, or raise train.max_nonfinite_steps)")
-
-
-class _Window:
-    """Samples and tokens per second since the last log line (all ranks)."""
-
-    def __init__(self):
-        self.start, self.samples, self.tokens = time.perf_counter(), 0, 0
-
-    def add(self, result: StepResult, world: int) -> None:
-        self.samples += result.samples * world
-        self.tokens += result.tokens * world
-
-    def rates(self) -> dict:
-        elapsed = time.perf_counter() - self.start
-        rates = {"samples_per_s": self.samples / elapsed}
-        if self.tokens:
-            rates["tokens_per_s"] = self.tokens / elapsed
-        self.__init__()
-        return rates
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

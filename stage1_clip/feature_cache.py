@@ -31,7 +31,9 @@ from mmtool.config import to_dict
 from mmtool.engine import load_deepspeed_config
 from mmtool.feature_cache import (FOLDER, FeatureCache, all_frozen, frozen_by_rules, precision_of, state_sha256,
                                   weights_sha256)
+from mmtool.errors import MmtoolError
 from mmtool.train_config import TrainSettings
+from stage1_clip.config import ClipConfig
 
 
 class TextCache:
@@ -102,3 +104,16 @@ def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: 
     namespace = {"tower": "image", "tower_sha256": weights, "cut": cut, "config": to_dict(vision_config),
                  "precision": precision_of(load_deepspeed_config(train.deepspeed))}
     return ImageTrunkCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="image_cache"), cut)
+
+
+def open_caches(model: nn.Module, cfg: ClipConfig, data_folder: Path, planned_batches: bool) -> list[FeatureCache]:
+    """The frozen towers' caches `cfg` allows, attached to `model` (text_cache, image_cache); returns their stores.
+    Batches planned by hard-negative mining have no fixed image views, so they get no image cache."""
+    if not cfg.data.feature_cache:
+        return []
+    if cfg.data.cached_views < 1:
+        raise MmtoolError(f"data.cached_views: {cfg.data.cached_views}, needs at least 1 view per image")
+    model.text_cache = open_text_cache(model, cfg.model.text, data_folder, cfg.train)
+    if not planned_batches:
+        model.image_cache = open_image_cache(model, cfg.model.vision, data_folder, cfg.train)
+    return [cache.cache for cache in (model.text_cache, model.image_cache) if cache is not None]

@@ -10,11 +10,12 @@ from mmtool.data.reading.images import AugmentConfig
 from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
-from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, train
+from mmtool.train_cadence import steps_per_epoch
+from mmtool.train_loop import Stage, StepResult, start_run, train
 from stage1_clip.checkpoint import save_clip
 from stage1_clip.config import ClipConfig
 from stage1_clip.evaluate import evaluate_clip
-from stage1_clip.feature_cache import open_image_cache, open_text_cache
+from stage1_clip.feature_cache import open_caches
 from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
 from stage1_clip.hard_negatives import HardNegatives
 from stage1_clip.loss import build_loss
@@ -52,20 +53,8 @@ class ClipStage(Stage):
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale),
                                      style=cfg.data.augment)
         self.skipped_samples = 0  # unreadable samples the loader left out
-        self.caches = self.open_caches()
-
-    def open_caches(self) -> list:
-        """The frozen towers' caches the config allows, attached to the model."""
-        cfg = self.cfg
-        if not cfg.data.feature_cache:
-            return []
-        if cfg.data.cached_views < 1:
-            raise MmtoolError(f"data.cached_views: {cfg.data.cached_views}, needs at least 1 view per image")
-        folder = Path(self.urls[0]).parent
-        self.model.text_cache = open_text_cache(self.model, cfg.model.text, folder, cfg.train)
-        if self.mining is None or self.mining.composition == "random":  # planned batches have no fixed views
-            self.model.image_cache = open_image_cache(self.model, cfg.model.vision, folder, cfg.train)
-        return [cache.cache for cache in (self.model.text_cache, self.model.image_cache) if cache is not None]
+        planned = self.mining is not None and self.mining.composition != "random"
+        self.caches = open_caches(self.model, cfg, Path(self.urls[0]).parent, planned_batches=planned)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(texts, self.cfg.model.text.context_length)  # ids, mask [B, T]

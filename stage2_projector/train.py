@@ -9,7 +9,8 @@ from mmtool.data.reading.images import AugmentConfig
 from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
-from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, train
+from mmtool.train_cadence import steps_per_epoch
+from mmtool.train_loop import Stage, StepResult, start_run, train
 from stage2_projector.checkpoint import MODEL_FILE, VlmBundle, build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
 from stage2_projector.data import encode_caption_batch

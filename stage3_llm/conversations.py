@@ -1,4 +1,4 @@
-"""LLaVA-format conversation data: reading, validation, and a torch Dataset + collate for training.
+"""LLaVA-format conversation data: reading, validation, a torch Dataset + collate, and each epoch's batches.
 
 A file is a JSON list or JSONL of records
 `{"id"?: ..., "image"?: "x.png", "conversations": [{"from": "human", "value": "<image>\\n..."}, {"from": "gpt",
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -177,3 +178,12 @@ def collate_conversations(items: list[dict], pad_id: int, packed: bool = False,
         labels[row, :size] = torch.tensor(item["labels"])
         attention_mask[row, :size] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "pixel_values": pixel_values}
+
+
+def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, rank: int, world: int,
+                  micro_batches: int) -> list[list[int]]:
+    """This rank's micro-batches of an epoch: a seeded permutation, dealt round-robin to the ranks (the same list
+    on every run, so resuming skips exactly the batches already trained on)."""
+    order = np.random.default_rng([seed, epoch]).permutation(count)
+    per_rank = order[rank::world]
+    return [per_rank[i * batch_size:(i + 1) * batch_size].tolist() for i in range(micro_batches)]

@@ -12,14 +12,15 @@ from mmtool.config import to_dict
 from mmtool.data.reading.images import eval_transform
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
-from mmtool.train_loop import Stage, StepResult, start_run, steps_per_epoch, train
+from mmtool.train_cadence import steps_per_epoch
+from mmtool.train_loop import Stage, StepResult, start_run, train
 from stage2_projector.checkpoint import MODEL_FILE, VlmBundle, resolve_model_file
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
 from stage2_projector.feature_cache import open_feature_cache
 from stage2_projector.packing import batch_tokens, check_packable
 from stage3_llm.checkpoint import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
-from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
+from stage3_llm.conversations import ConversationDataset, collate_conversations, epoch_batches, read_conversations
 
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
@@ -119,11 +120,3 @@ class FinetuneStage(Stage):
         save_finetuned(out, self.record, state_dict, self.bundle.model.llm, self.cfg.model.lora.enabled)
         return out / MODEL_FILE
 
-
-def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                  micro_batches: int) -> list[list[int]]:
-    """This rank's micro-batches of an epoch: a seeded permutation, dealt round-robin to the ranks (the same list
-    on every run, so resuming skips exactly the batches already trained on)."""
-    order = np.random.default_rng([seed, epoch]).permutation(count)
-    per_rank = order[rank::world]
-    return [per_rank[i * batch_size:(i + 1) * batch_size].tolist() for i in range(micro_batches)]

@@ -11,8 +11,9 @@ from torch import nn
 
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.errors import MmtoolError
+from mmtool.train_cadence import steps_per_epoch
 from mmtool.train_config import TrainSettings
-from mmtool.train_loop import Stage, StepResult, steps_per_epoch, train
+from mmtool.train_loop import Stage, StepResult, train
 from tests.dist_utils import free_port
 from tests.test_train_e2e import LAUNCHER_VARIABLES, clean_env
 
