@@ -9,7 +9,7 @@ import typer
 
 from mmtool.cli_options import (DATA, PIPELINE, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
                                 PrintConfigOption, SetOption, WorkflowGroup, config_option, load_or_print, one_of,
-                                required, version)
+                                quiet_deepspeed, required, version)
 from mmtool.errors import MmtoolError
 from mmtool.retrieval_cli import ClipOption, OldCheckpointArgument, add_retrieval_commands
 
@@ -370,6 +370,7 @@ def print_skips(skipped: dict, used: int) -> None:
 def main() -> None:
     # The deepspeed launcher appends --local_rank=N; LOCAL_RANK in the environment already says it.
     sys.argv = [a for a in sys.argv if not re.fullmatch(r"--local[_-]rank(=\d+)?", a)]
+    quiet_deepspeed()
     try:
         app()
     except MmtoolError as err:

@@ -6,6 +6,7 @@ it writes. `--out-json FILE` also writes a command's results as JSON; `--json` p
 Renamed flags stay accepted, hidden, so that scripts keep working.
 """
 import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -39,6 +40,14 @@ def version() -> str:
         return importlib.metadata.version("mmtool")
     except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
+
+
+def quiet_deepspeed() -> None:
+    """Drop DeepSpeed's "Setting accelerator to CPU ... unable to detect it" warning, printed by every process of a
+    CPU run: on CPU there is nothing to detect. (Its logger is named "DeepSpeed"; a filter set before DeepSpeed is
+    imported stays on it.)"""
+    logging.getLogger("DeepSpeed").addFilter(
+        lambda record: not record.getMessage().startswith("Setting accelerator to CPU"))
 
 
 def config_option(section: str, what: str = "Config") -> typer.Option:

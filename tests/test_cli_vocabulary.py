@@ -1,5 +1,9 @@
 """One vocabulary across commands: --version, --print-config, --set, one flag per artifact and meaning, --help order."""
 import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import typer
@@ -98,3 +102,18 @@ def test_one_flag_name_per_meaning():
             assert "--model" not in shown and "--clip" in shown, name
         if "--config" in shown:
             assert {"--set", "--print-config"} <= set(shown), name
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_deepspeeds_cpu_accelerator_warning_is_silenced(quiet):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("DeepSpeed warns only where it finds no accelerator")
+    probe = ("from mmtool.cli_options import quiet_deepspeed; " + ("quiet_deepspeed(); " if quiet else "")
+             + "from deepspeed.accelerator import get_accelerator; get_accelerator()")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    assert ("Setting accelerator to CPU" in done.stderr + done.stdout) is not quiet
