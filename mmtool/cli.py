@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmtool.cli_options import (DATA, PIPELINE, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
+from mmtool.cli_options import (DATA, PIPELINE, RUNS, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
                                 PrintConfigOption, SetOption, WorkflowGroup, config_option, load_or_print, one_of,
                                 quiet_deepspeed, required, version)
 from mmtool.errors import MmtoolError
@@ -351,6 +351,19 @@ def clip_folds(
     spec = FoldsSpec(recipes.find_config(config, "clip"), out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
                      list(overrides or []), shards, build_shards=not existing_shards, baseline=baseline)
     print("\n" + format_report(run_folds(spec)))
+
+
+@app.command("plot", rich_help_panel=RUNS)
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Training run folders (each holding metrics.jsonl)")],
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write (default: RUN/plot.png for one run, plot.png "
+                                                     "here for several)")] = None,
+):
+    """Train loss, learning rate and val curves of one run, or of several overlaid (needs matplotlib)."""
+    from mmtool.run_plot import plot_runs
+
+    default = runs[0] / "plot.png" if len(runs) == 1 else Path("plot.png")
+    print(f"wrote {plot_runs(runs, out or default)}")
 
 
 def print_table(metrics: dict) -> None:

@@ -17,9 +17,9 @@ from mmtool import recipes
 from mmtool.errors import MmtoolError
 
 # --help panels, in the order of the workflow.
-DATA, STAGE1, STAGE2, STAGE3, EXPORT, SEARCH, PIPELINE = PANELS = (
+DATA, STAGE1, STAGE2, STAGE3, EXPORT, SEARCH, PIPELINE, RUNS = PANELS = (
     "Data", "Stage 1: CLIP", "Stage 2: alignment", "Stage 3: instruction tuning", "Export", "Search and RAG",
-    "Pipeline")
+    "Pipeline", "Runs")
 
 
 class WorkflowGroup(TyperGroup):

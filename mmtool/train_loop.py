@@ -15,6 +15,7 @@ from mmtool.data.reading.skips import BatchSkips
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.nonfinite import count_nonfinite
 from mmtool.run_log import RunLog, ThroughputWindow
+from mmtool.run_plot import plot_run_if_possible
 from mmtool.train_cadence import Cadence, steps_per_epoch
 from mmtool.train_config import TrainSettings
 from mmtool.train_state import load_latest_state, save_rotating_state
@@ -158,5 +159,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
             (out / "eval.json").write_text(json.dumps(metrics, indent=2))
         log.message(f"wrote {written}")
     log.close()
+    if distributed.is_main() and (plot := plot_run_if_possible(out)):
+        print(f"wrote {plot}")
     distributed.barrier()
     return metrics

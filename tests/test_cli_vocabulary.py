@@ -46,7 +46,7 @@ def test_help_lists_commands_in_workflow_order():
     group = typer.main.get_command(app)
     assert group.list_commands(None) == [
         "data", "tokenizer", "pretrain-clip", "eval-clip", "clip-folds", "align", "finetune", "eval-llava", "chat",
-        "export-vision", "export-clip", "export-llava", "index", "search", "serve", "ask", "pipeline"]
+        "export-vision", "export-clip", "export-llava", "index", "search", "serve", "ask", "pipeline", "plot"]
     panels = [getattr(group.get_command(None, name), "rich_help_panel", None) for name in group.list_commands(None)]
     assert None not in panels
 
