@@ -10,6 +10,12 @@ shapes) and their raw positions.
 With `views` set (stage 1's image-trunk cache), each sample's image is one of `views` fixed augmented views, view v
 drawn from a generator seeded by (seed, v, key) and picked per epoch by (seed, epoch, key): each epoch's image is
 distributed as without views, but repeats across epochs, so a frozen trunk's output on it can be reused.
+
+With `origin` set to another layout than (world_size, workers, batch_size), the epoch began on that layout (a run
+resumed on another number of ranks): each worker then reads every origin stream and takes its samples of the
+epoch's global order (mmtool/data/reading/relayout.py), so no sample of the epoch is read twice or left out. It
+costs each worker a pass over all origin streams (and their shuffle buffers) for the rest of that epoch only;
+unreadable members met in those streams are not counted (decode failures still are).
 """
 from collections import Counter
 
@@ -18,6 +24,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtool.data.reading.augment import pick_caption
 from mmtool.data.reading.images import AugmentConfig, BadSample, eval_transform, load_image, open_image, train_transform
+from mmtool.data.reading.relayout import Layout, origin_positions
 from mmtool.data.reading.sample_format import RawSample
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_samples
 from mmtool.data.reading.shard_reader import resolve_shards, sample_count  # noqa: F401 (this module's API too)
@@ -34,12 +41,17 @@ def worker_plan(batches: int, skip: int, worker: int, workers: int) -> tuple[int
     return stream, len(range(stream, skip, workers)), len(range(skip + worker, batches, workers))
 
 
+def train_layout(world_size: int, workers: int, batch_size: int) -> Layout:
+    """How make_train_loader deals an epoch with these settings (workers=0 reads like one worker)."""
+    return Layout(world_size, max(workers, 1), batch_size)
+
+
 class ShardBatches(IterableDataset):
     """One rank's batches for one epoch; each DataLoader worker yields its round-robin share."""
 
     def __init__(self, urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
                  world_size: int, workers: int, batches_per_epoch: int, skip_batches: int, shuffle_buffer: int,
-                 augment: AugmentConfig, resampled: bool, views: int = 0):
+                 augment: AugmentConfig, resampled: bool, views: int = 0, origin: Layout | None = None):
         super().__init__()
         self.views = views
         self.urls, self.batch_size, self.image_size, self.augment = urls, batch_size, image_size, augment
@@ -47,10 +59,15 @@ class ShardBatches(IterableDataset):
         self.workers = max(workers, 1)  # workers=0 (main process) reads the same stream as workers=1
         self.batches_per_epoch, self.skip_batches = batches_per_epoch, skip_batches
         self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
+        self.layout = train_layout(world_size, workers, batch_size)
+        self.origin = origin or self.layout
 
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info else 0
+        if self.origin != self.layout:
+            yield from self.relaid(worker)
+            return
         stream, skip_in_stream, count = worker_plan(self.batches_per_epoch, self.skip_batches, worker, self.workers)
         skipped = Counter()
         samples = slot_samples(self.urls, seed=self.seed, epoch=self.epoch,
@@ -62,6 +79,28 @@ class ShardBatches(IterableDataset):
         for i in range(count):
             batch_index = self.skip_batches + worker + i * self.workers
             yield self.assemble([next(samples) for _ in range(self.batch_size)], batch_index, skipped)
+
+    def relaid(self, worker: int):
+        """This worker's batches of an epoch that began on `self.origin`, read from the origin's streams."""
+        origin, streams, skipped = self.origin, {}, Counter()
+
+        def origin_sample(origin_rank: int, origin_batch: int, offset: int) -> RawSample:
+            slot = origin_rank * origin.workers + origin_batch % origin.workers
+            position = origin_batch // origin.workers * origin.batch_size + offset
+            if slot not in streams:
+                stream = slot_samples(self.urls, seed=self.seed, epoch=self.epoch, slot=slot,
+                                      slots=origin.world * origin.workers, resampled=self.resampled,
+                                      shuffle_buffer=self.shuffle_buffer, skipped=Counter())
+                streams[slot] = [stream, 0]
+            stream, next_position = streams[slot]
+            for _ in range(position - next_position):  # positions only grow: a stream is read once
+                next(stream)
+            streams[slot][1] = position + 1
+            return next(stream)
+
+        for batch_index in range(self.skip_batches + worker, self.batches_per_epoch, self.workers):
+            raws = [origin_sample(*where) for where in origin_positions(origin, self.layout, self.rank, batch_index)]
+            yield self.assemble(raws, batch_index, skipped)
 
     def decode(self, raw: RawSample) -> tuple:
         """(image [3, H, W], caption, key, meta); raises BadSample."""
@@ -123,11 +162,12 @@ class TrainLoader:
 def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
                       world_size: int, workers: int, batches_per_epoch: int, skip_batches: int = 0,
                       shuffle_buffer: int = 1000, augment: AugmentConfig = AugmentConfig(),
-                      resampled: bool = False, views: int = 0) -> TrainLoader:
+                      resampled: bool = False, views: int = 0, origin: Layout | None = None) -> TrainLoader:
     """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] float32, "caption": [B] (a
     random phrasing per sample), "key": [B], "meta": [B] json dicts, "skipped": {reason: count since the
     previous batch}}, the same on every run; batch k of a skip_batches=k run is batch k of a fresh run. `views` > 0:
-    each image one of that many fixed augmented views (module docstring)."""
+    each image one of that many fixed augmented views; `origin`: the layout the epoch began on, when another
+    (module docstring)."""
     if not urls:
         raise MmtoolError("make_train_loader got no shard urls")
     if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
@@ -136,7 +176,7 @@ def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoc
     dataset = ShardBatches(urls, batch_size=batch_size, image_size=image_size, epoch=epoch, seed=seed, rank=rank,
                            world_size=world_size, workers=workers, batches_per_epoch=batches_per_epoch,
                            skip_batches=skip_batches, shuffle_buffer=shuffle_buffer, augment=augment,
-                           resampled=resampled, views=views)
+                           resampled=resampled, views=views, origin=origin)
     return TrainLoader(dataset, workers, max(batches_per_epoch - skip_batches, 0))
 
 
