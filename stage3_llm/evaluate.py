@@ -13,6 +13,7 @@ import torch
 
 from mmtool.data.reading.images import BadSample
 from mmtool.errors import MmtoolError
+from mmtool.progress import progress
 from stage3_llm.answer_match import contains_answer, exact_match, normalize  # noqa: F401 - part of this API
 from stage3_llm.blind import BLANK, blank_image, shuffled_images
 from stage3_llm.eval_stats import majority_answer, wilson_interval
@@ -51,6 +52,7 @@ def answer_questions(bundle, pairs: list[tuple[str, str]], source, max_new_token
     size = bundle.record["vision"]["image_size"]
     pixels = {BLANK: blank_image(size)}  # image reference -> [3, S, S]
     decoded = {}
+    bar = progress(total=len(distinct), desc="answer", unit="q")
     for start in range(0, len(distinct), batch_size):
         batch = distinct[start:start + batch_size]
         for image, _ in batch:
@@ -64,6 +66,8 @@ def answer_questions(bundle, pairs: list[tuple[str, str]], source, max_new_token
                              bundle.num_image_tokens, max_new_tokens)
         for pair, tokens in zip(batch, ids):
             decoded[pair] = bundle.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        bar.update(len(batch))
+    bar.close()
     return [decoded[pair] for pair in pairs]
 
 

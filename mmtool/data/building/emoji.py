@@ -12,6 +12,7 @@ from mmtool.data.building.emoji_styles import STYLES, find_artwork, parse_styles
 from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.errors import MmtoolError
+from mmtool.progress import progress
 
 REPORT_FILE = "styles_report.json"
 HELDOUT = "heldout_"  # split prefix of the held-out style's images: heldout_train-*.tar, heldout_val-*.tar
@@ -76,7 +77,8 @@ def build_emoji(out: Path, image_size: int = 128, val_fraction: float = 0.1, see
     unmatched = {name: {e.name for e in entries} - artwork[name].drawings.keys() for name in names}
     samples = {name: Counter() for name in names}
     with SplitWriter(out, shard_size) as shards:
-        pngs = render_all([artwork[name].drawings[emoji.name] for emoji, name in jobs], image_size, processes)
+        pngs = progress(render_all([artwork[name].drawings[emoji.name] for emoji, name in jobs], image_size,
+                                   processes), total=len(jobs), desc="render", unit="img")
         for (emoji, name), png in zip(jobs, pngs):
             if png is None:
                 unmatched[name].add(emoji.name)

@@ -16,6 +16,7 @@ from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_met
 from mmtool.data.reading.images import BadSample, open_image
 from mmtool.data.reading.sample_format import IMAGE_EXTENSIONS, encode_sample
 from mmtool.errors import MmtoolError
+from mmtool.progress import progress
 
 RESERVED_FIELDS = ("image", "caption", "captions", "split")
 
@@ -73,7 +74,7 @@ def build_from_jsonl(file: Path, out: Path, image_size: int | None = None, val_f
     start = time.perf_counter()
     skipped = Counter()
     with SplitWriter(out, shard_size) as shards, file.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(progress(lines, desc=file.name, unit="line"), start=1):
             if not line.strip():
                 continue
             where = f"{file}:{number}"

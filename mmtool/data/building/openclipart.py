@@ -18,6 +18,7 @@ from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_met
 from mmtool.data.reading.images import BadSample, open_image, pad_to_square
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.errors import MmtoolError
+from mmtool.progress import progress
 
 OPENCLIPART = Path("/usr/share/openclipart")
 MIN_SIDE = 16  # drawings whose longer side is shorter than this are icons too small to say anything
@@ -148,7 +149,8 @@ def build_openclipart(out: Path, image_size: int = 128, val_fraction: float = 0.
     skipped = Counter()
     with SplitWriter(out, shard_size) as shards, Pool(processes or os.cpu_count()) as pool:
         # imap keeps the input order: shards come out identical whatever the process count.
-        for result in pool.imap(prepare, tasks, chunksize=8):
+        for result in progress(pool.imap(prepare, tasks, chunksize=8), total=len(tasks), desc="openclipart",
+                               unit="img"):
             if isinstance(result, str):
                 skipped[result] += 1
             else:

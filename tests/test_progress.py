@@ -1,0 +1,37 @@
+"""Progress bars on long non-training steps: count, rate and ETA on a terminal, nothing in logs and pipes."""
+import io
+import json
+
+from PIL import Image
+
+from mmtool.data.building.jsonl import build_from_jsonl
+from mmtool.progress import progress
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_count_rate_and_eta(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    assert sum(progress(range(5), desc="render", unit="img")) == 10
+    shown = terminal.getvalue().split("\r")[-1]
+    assert "render: 100%" in shown and "5/5" in shown and "img/s" in shown and "<00:00" in shown
+
+
+def test_a_log_or_pipe_gets_no_bar(monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr("sys.stderr", log)
+    assert list(progress(range(3))) == [0, 1, 2]
+    assert log.getvalue() == ""
+
+
+def test_a_data_builder_shows_its_bar(tmp_path, monkeypatch):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"image": "a.png", "caption": "a red square"}) + "\n")
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    build_from_jsonl(tmp_path / "pairs.jsonl", tmp_path / "shards")
+    assert "pairs.jsonl: " in terminal.getvalue() and "line/s" in terminal.getvalue()
