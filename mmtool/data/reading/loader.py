@@ -28,6 +28,7 @@ from mmtool.data.reading.relayout import Layout, origin_positions
 from mmtool.data.reading.sample_format import RawSample
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_samples
 from mmtool.data.reading.shard_reader import resolve_shards, sample_count  # noqa: F401 (this module's API too)
+from mmtool.data.reading.worker_lifetime import worker_guard
 from mmtool.errors import MmtoolError
 
 
@@ -152,7 +153,8 @@ class TrainLoader:
         return self.batches
 
     def __iter__(self):
-        batches = (DataLoader(self.dataset, batch_size=None, num_workers=self.workers, in_order=True)
+        batches = (DataLoader(self.dataset, batch_size=None, num_workers=self.workers, in_order=True,
+                              worker_init_fn=worker_guard())
                    if self.workers else self.dataset)
         for batch in batches:
             self.skipped.update(batch["skipped"])
