@@ -344,12 +344,12 @@ def clip_folds(
     from mmtool.clip_folds import FoldsSpec, parse_seeds, run_folds
     from mmtool.data.building.emoji_styles import parse_styles
     from mmtool.fold_report import format_report
-
     from stage1_clip.config import ClipConfig
 
     load_or_print(ClipConfig, config, overrides, "clip", print_config)
-    spec = FoldsSpec(recipes.find_config(config, "clip"), out, parse_styles(styles, None), parse_seeds(seeds) if seeds else [], seed_fold,
-                     list(overrides or []), shards, build_shards=not existing_shards, baseline=baseline)
+    spec = FoldsSpec(recipes.find_config(config, "clip"), out, parse_styles(styles, None),
+                     parse_seeds(seeds) if seeds else [], seed_fold, list(overrides or []), shards,
+                     build_shards=not existing_shards, baseline=baseline)
     print("\n" + format_report(run_folds(spec)))
 
 

@@ -104,23 +104,23 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                                         *_sets(cfg.clip.set)],
                       [clip / "clip.pt"], [Path(cfg.clip.config)], ["emoji-shards"], trains=True))
     for split in eval_splits:
-        steps.append(Step(f"eval-clip:{split}", ["eval-clip", str(clip / "clip.pt"), "--data", shards(split),
-                                                  "--json", str(clip / f"eval_{split}.json")],
+        steps.append(Step(f"eval-clip:{split}", ["eval-clip", "--clip", str(clip / "clip.pt"), "--data", shards(split),
+                                                  "--out-json", str(clip / f"eval_{split}.json")],
                           [clip / f"eval_{split}.json"], after=["pretrain-clip"],
                           metrics=clip / f"eval_{split}.json"))
     # ViT towers become Hugging Face models (CLIPVisionModelWithProjection, LlavaForConditionalGeneration); other
     # towers have no transformers class and are exported as safetensors + config only.
     is_vit = clip_vision_type(cfg.clip) == "vit"
-    steps.append(Step("export-vision", ["export-vision", str(clip / "clip.pt"), "--format",
+    steps.append(Step("export-vision", ["export-vision", "--clip", str(clip / "clip.pt"), "--format",
                                         "hf" if is_vit else "safetensors", "--out", str(out / "export" / "vision")],
                       [out / "export" / "vision"], after=["pretrain-clip"], replaces_outputs=True))
-    steps.append(Step("align", ["align", "--vision", str(clip / "clip.pt"), "--llm", cfg.align.llm,
+    steps.append(Step("align", ["align", "--clip", str(clip / "clip.pt"), "--llm", cfg.align.llm,
                                 "--config", cfg.align.config, "--out", str(align),
                                 *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
                                         *cfg.align.set])],
                       [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"], trains=True))
     instruct_shards = str(data / ("{" + ",".join(["train", *eval_splits]) + "}-*.tar"))
-    steps.append(Step("instructions", ["data", "instructions", "--shards", instruct_shards, "--out", str(instruct)],
+    steps.append(Step("instructions", ["data", "instructions", "--data", instruct_shards, "--out", str(instruct)],
                       [instruct / "train.json", instruct / "val.json"], after=["emoji-shards"]))
     steps.append(Step("finetune", ["finetune", "--model", str(align), "--data", str(instruct / "train.json"),
                                    "--config", cfg.finetune.config, "--out", str(llava),
@@ -130,7 +130,7 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         steps.append(Step(f"eval-llava:{split}",
                           ["eval-llava", "--model", str(llava), "--data", str(instruct / f"{split}.json"),
                            "--per-task", str(cfg.eval.per_task), "--max-new-tokens", str(cfg.eval.max_new_tokens),
-                           "--batch-size", str(cfg.eval.batch_size), "--json", str(llava / f"eval_{split}.json")],
+                           "--batch-size", str(cfg.eval.batch_size), "--out-json", str(llava / f"eval_{split}.json")],
                           [llava / f"eval_{split}.json"], after=["finetune"], metrics=llava / f"eval_{split}.json"))
     if is_vit:
         steps.append(Step("export-llava", ["export-llava", "--model", str(llava), "--out",
