@@ -1,6 +1,6 @@
 """The figures of a leave-one-style-out run: per fold, their mean, the worst fold, and the seed-to-seed spread.
 
-Each run folder holds `eval_heldout_train.json` and `eval_heldout_val.json` as `mmtool eval-clip --json` wrote
+Each run folder holds `eval_heldout_train.json` and `eval_heldout_val.json` as `mmtool eval-clip --out-json` wrote
 them; only the figures below are taken from them.
 """
 import json

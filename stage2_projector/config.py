@@ -8,7 +8,7 @@ from mmtool.train_config import TrainSettings
 
 @dataclass
 class ModelConfig:
-    vision: FilePath | None = None  # a stage-1 clip.pt (or --vision on the command line)
+    vision: FilePath | None = None  # a stage-1 clip.pt (or --clip on the command line)
     llm: NameOrPath = "llama"  # local HF folder, GGUF file, alias in configs/llm/registry.yaml, or hub id
     # Which image-tower hidden state feeds the projector: Python indexing into [embeddings, block 1, ..., block L]
     # (ViT) or [stem, block 0, ..., block 15, head] (EfficientNet-Lite0). -2 = second to last, as LLaVA.

@@ -30,7 +30,7 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     conversations, source = read_conversations(data, image_folder)
     in_file = conversations[:options.limit]
     chosen = sample_per_task(in_file, options.per_task, options.seed)
-    # The tower is checked before the (slow) LLM loads, so a wrong --vision fails at once.
+    # The tower is checked before the (slow) LLM loads, so a wrong --clip fails at once.
     record = load_model(resolve_model_file(model), KIND)["config"]
     clip = load_tower(record, str(model), options.vision, options.any_vision) if options.tower else None
     bundle = load_finetuned(model)

@@ -73,10 +73,10 @@ def load_tower(record: dict, model_path: str, vision: str | Path | None, any_vis
     path = Path(vision or record["vision"]["checkpoint"])
     if not path.is_file():
         raise MmtoolError(f"{model_path}: its vision checkpoint {path} (vision.checkpoint in its record) is not "
-                          "found; pass --vision PATH or --no-tower")
+                          "found; pass --clip PATH or --no-tower")
     if not any_vision and file_sha256(path) != record["vision"]["sha256"]:
         raise MmtoolError(f"{path}: sha256 differs from the one {model_path} was aligned on "
-                          f"({record['vision']['sha256'][:12]}); pass --any-vision to use it anyway")
+                          f"({record['vision']['sha256'][:12]}); pass --any-clip to use it anyway")
     return load_clip(path)
 
 

@@ -139,10 +139,10 @@ def test_a_tower_other_than_the_recorded_one_is_refused_unless_accepted(setup, t
     root, _ = setup
     record = load_finetuned(root / "vlm.pt").record
     other = save_tiny_clip(tmp_path / "other.pt", seed=1)
-    with pytest.raises(MmtoolError, match="other.pt: sha256 differs .*--any-vision"):
+    with pytest.raises(MmtoolError, match="other.pt: sha256 differs .*--any-clip"):
         load_tower(record, "vlm.pt", other, any_vision=False)
     assert load_tower(record, "vlm.pt", other, any_vision=True).config.model.embed_dim == 32
-    with pytest.raises(MmtoolError, match="nope.pt .* not found; pass --vision PATH or --no-tower"):
+    with pytest.raises(MmtoolError, match="nope.pt .* not found; pass --clip PATH or --no-tower"):
         load_tower(record, "vlm.pt", tmp_path / "nope.pt", any_vision=False)
 
 
