@@ -116,7 +116,7 @@ def tiny_index(folder: Path) -> Path:
     """A random tiny CLIP over 300 emoji: the server's work per request, not the model's, is what is measured."""
     from mmtool.data.building.emoji import build_emoji
     from mmtool.index import ImageIndex
-    from tests.tiny_clip import write_tiny_clip
+    from tests.helpers.tiny_clip import write_tiny_clip
 
     build_emoji(folder / "emoji", limit=300, shard_size=100)
     clip = write_tiny_clip(folder / "emoji", folder / "clip.pt")
@@ -125,7 +125,7 @@ def tiny_index(folder: Path) -> Path:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_clip
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers.tiny_clip
     from mmtool.index import ImageIndex
     from mmtool.index.server import make_server
 

@@ -12,9 +12,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 from mmtool.cpu_features import REPORTED_FLAGS, accelerator_name, cpu_flags, cpu_model, fp16_supported  # noqa: E402
 
 # What each answer switches in the suite.
-FP16_TESTS = {True: "tests/test_train_variants.py::test_fp16_with_dynamic_loss_scaling runs; "
+FP16_TESTS = {True: "tests/stage1_clip/test_train_variants.py::test_fp16_with_dynamic_loss_scaling runs; "
                     "test_fp16_config_is_refused_in_one_line_where_the_cpu_has_no_fp16 skips",
-              False: "tests/test_train_variants.py::test_fp16_with_dynamic_loss_scaling skips; "
+              False: "tests/stage1_clip/test_train_variants.py::test_fp16_with_dynamic_loss_scaling skips; "
                      "test_fp16_config_is_refused_in_one_line_where_the_cpu_has_no_fp16 runs"}
 
 

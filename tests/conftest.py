@@ -20,7 +20,7 @@ def emoji_shards(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip_checkpoint(emoji_shards, tmp_path_factory):
     """A tiny untrained ViT CLIP (tokenizer trained on emoji_shards' captions) as clip.pt + clip.safetensors."""
-    from tests.tiny_clip import write_tiny_clip
+    from tests.helpers.tiny_clip import write_tiny_clip
 
     return write_tiny_clip(emoji_shards, tmp_path_factory.mktemp("tiny_clip") / "clip.pt")
 

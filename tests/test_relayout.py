@@ -4,7 +4,7 @@ import pytest
 
 from mmtool.data.reading.loader import make_train_loader, resolve_shards, train_layout
 from mmtool.data.reading.relayout import EpochOrigin, Layout, origin_positions
-from tests.multinode_launch import cut_shard
+from tests.helpers.multinode_launch import cut_shard
 
 SAMPLES, GLOBAL_BATCH = 96, 24  # 4 steps an epoch
 

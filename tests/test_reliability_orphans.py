@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train_e2e import clean_env
+from tests.stage1_clip.test_train_e2e import clean_env
 
 GONE_WITHIN_S = 5.0
 

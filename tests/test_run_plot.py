@@ -9,7 +9,7 @@ from mmtool.cli import app
 from mmtool.errors import MmtoolError
 from mmtool.run_plot import plot_runs, read_curves, run_labels, series
 from mmtool.train_loop import train
-from tests.test_train_loop import TinyStage, in_process, settings  # noqa: F401 - in_process is a fixture
+from tests.mmtool.test_train_loop import TinyStage, in_process, settings  # noqa: F401 - in_process is a fixture
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
