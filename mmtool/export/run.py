@@ -1,22 +1,31 @@
 """`mmtool export-vision` / `export-clip`: a checkpoint into one export format."""
-from importlib import import_module
 from pathlib import Path
 
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
 
-# format -> (module, vision exporter, clip exporter); modules load on use (transformers is slow to import)
-EXPORTERS = {
-    "hf": ("mmtool.export.hf_folder", "export_vision_hf", "export_clip_hf"),
-    "onnx": ("mmtool.export.onnx", "export_vision_onnx", "export_clip_onnx"),
-    "safetensors": ("mmtool.export.safetensors_folder", "export_vision_safetensors", "export_clip_safetensors"),
-}
+FORMATS = ("hf", "onnx", "safetensors")
+
+
+def find_exporter(fmt: str, what: str):
+    """The exporter of `what` (vision | clip) in format `fmt`. Imported on use (transformers and onnx are slow to
+    import), by import statements so that the import contract (.importlinter) sees them."""
+    if fmt == "hf":
+        from mmtool.export.hf_folder import export_clip_hf, export_vision_hf
+
+        return export_vision_hf if what == "vision" else export_clip_hf
+    if fmt == "onnx":
+        from mmtool.export.onnx import export_clip_onnx, export_vision_onnx
+
+        return export_vision_onnx if what == "vision" else export_clip_onnx
+    if fmt == "safetensors":
+        from mmtool.export.safetensors_folder import export_clip_safetensors, export_vision_safetensors
+
+        return export_vision_safetensors if what == "vision" else export_clip_safetensors
+    raise MmtoolError(f"--format {fmt!r}: unknown (choose from {', '.join(FORMATS)})")
 
 
 def export(checkpoint: Path, what: str, fmt: str, out: Path) -> None:
     """what: vision (image tower + projection) | clip (both towers)."""
-    if fmt not in EXPORTERS:
-        raise MmtoolError(f"--format {fmt!r}: unknown (choose from {', '.join(EXPORTERS)})")
-    module, vision_exporter, clip_exporter = EXPORTERS[fmt]
-    exporter = getattr(import_module(module), vision_exporter if what == "vision" else clip_exporter)
+    exporter = find_exporter(fmt, what)
     exporter(load_clip(checkpoint), Path(checkpoint), Path(out))
