@@ -11,7 +11,7 @@ from mmtool.cli_options import (DATA, PIPELINE, RUNS, STAGE1, STAGE2, STAGE3, EX
                                 PrintConfigOption, SetOption, WorkflowGroup, config_option, load_or_print, one_of,
                                 quiet_deepspeed, required, version)
 from mmtool.errors import MmtoolError
-from mmtool.retrieval_cli import ClipOption, OldCheckpointArgument, add_retrieval_commands
+from mmtool.retrieval_cli import ClipOption, OldCheckpointArgument, PushOption, add_retrieval_commands, push_if_asked
 
 app = typer.Typer(help="mmtool: image-caption shards -> CLIP -> LLaVA-style multimodal LLM.", cls=WorkflowGroup,
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -291,12 +291,18 @@ def export_llava(
     model: Annotated[Path, typer.Option(help="A stage-2/3 model: vlm.pt (LoRA is merged) or its run folder")],
     out: Annotated[Path, typer.Option(help="Folder for the Hugging Face LLaVA model")],
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
+    push_to_hub: PushOption = None,
 ):
-    """Write a transformers LlavaForConditionalGeneration folder (LoRA merged; tokenizer, processor, template)."""
+    """Write a transformers LlavaForConditionalGeneration folder (LoRA merged; tokenizer, processor, template) with
+    its model card (README.md)."""
     from mmtool.export.llava import export_llava as run
+    from mmtool.export.llava import write_llava_card
     from stage3_llm.checkpoint import load_finetuned
 
-    print(f"wrote {run(load_finetuned(model, llm), out)}")
+    bundle = load_finetuned(model, llm)
+    print(f"wrote {run(bundle, out)}")
+    print(f"wrote {write_llava_card(bundle, model, out)}")
+    push_if_asked(out, push_to_hub)
 
 
 @app.command("pipeline", rich_help_panel=PIPELINE)

@@ -18,9 +18,19 @@ OldCheckpointArgument = Annotated[Optional[Path], typer.Argument(hidden=True)]  
 IndexClipOption = Annotated[Optional[str], typer.Option("--clip", help="CLIP weights: clip.pt / clip.safetensors, "
                                                                        "or an onnx / safetensors export folder")]
 OldModelOption = Annotated[Optional[str], typer.Option("--model", hidden=True)]  # before --clip
+PushOption = Annotated[Optional[str], typer.Option("--push-to-hub", help="Then upload the folder (model card "
+                                                                         "included) to this Hugging Face model "
+                                                                         "repo, e.g. me/emoji-clip (needs a token)")]
 
 
-def export_vision(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf",
+def push_if_asked(out: Path, repo: str | None) -> None:
+    if repo:
+        from mmtool.export.model_card import push_to_hub
+
+        print(f"pushed {out} to {push_to_hub(out, repo)}")
+
+
+def export_vision(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf", push_to_hub: PushOption = None,
                   checkpoint: OldCheckpointArgument = None):
     """Export the image encoder (tower + projection) as hf, onnx or safetensors.
 
@@ -29,10 +39,11 @@ def export_vision(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "
     from mmtool.export.run import export
 
     export(required(one_of(clip, checkpoint, "--clip"), "--clip"), "vision", fmt, out)
-    print(f"wrote {out}")
+    print(f"wrote {out} (model card: README.md)")
+    push_if_asked(out, push_to_hub)
 
 
-def export_clip(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf",
+def export_clip(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf", push_to_hub: PushOption = None,
                 checkpoint: OldCheckpointArgument = None):
     """Export both encoders as hf, onnx or safetensors.
 
@@ -41,7 +52,8 @@ def export_clip(out: OutOption, clip: ClipOption = None, fmt: FormatOption = "hf
     from mmtool.export.run import export
 
     export(required(one_of(clip, checkpoint, "--clip"), "--clip"), "clip", fmt, out)
-    print(f"wrote {out}")
+    print(f"wrote {out} (model card: README.md)")
+    push_if_asked(out, push_to_hub)
 
 
 index_app = typer.Typer(help="Build and grow image-search indexes (FAISS + metadata + thumbnails).",

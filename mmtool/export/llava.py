@@ -5,6 +5,7 @@ The layouts agree by construction: image tokens are `<image>` placeholders (one 
 "default" feature selection drops the CLS token as mmtool does, `vision_feature_layer` indexes the same list of
 hidden states, and mlp2x_gelu is LLaVA's two-layer projector. Only ViT towers have a transformers counterpart.
 """
+import json
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProces
 
 from mmtool.errors import MmtoolError
 from mmtool.export.hf_clip import image_processor, vision_tower_to_hf
+from mmtool.export.model_card import write_model_card
 from mmtool.config import from_dict
 from stage1_clip.config import ClipConfig
 
@@ -78,3 +80,12 @@ def export_llava(bundle, out: Path) -> Path:
                                chat_template=bundle.tokenizer.chat_template)
     processor.save_pretrained(out)
     return out
+
+
+def write_llava_card(bundle, model: Path, out: Path) -> Path:
+    """The export's model card, from the stage-2/3 run folder `model` names (its config, metrics, evaluations)."""
+    run = Path(model) if Path(model).is_dir() else Path(model).parent
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    model_section = config.setdefault("model", {})
+    model_section["llm"] = model_section.get("llm") or bundle.record["llm"]["spec"]  # a stage-3 run reuses stage 2's
+    return write_model_card(out, "llava", "hf", run, config, Path(model), upstream=[bundle.record["clip_config"]])

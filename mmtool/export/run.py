@@ -1,7 +1,9 @@
 """`mmtool export-vision` / `export-clip`: a checkpoint into one export format."""
 from pathlib import Path
 
+from mmtool.config import to_dict
 from mmtool.errors import MmtoolError
+from mmtool.export.model_card import write_model_card
 from stage1_clip.checkpoint import load_clip
 
 FORMATS = ("hf", "onnx", "safetensors")
@@ -26,6 +28,8 @@ def find_exporter(fmt: str, what: str):
 
 
 def export(checkpoint: Path, what: str, fmt: str, out: Path) -> None:
-    """what: vision (image tower + projection) | clip (both towers)."""
+    """what: vision (image tower + projection) | clip (both towers). The folder gets a model card (README.md)."""
     exporter = find_exporter(fmt, what)
-    exporter(load_clip(checkpoint), Path(checkpoint), Path(out))
+    bundle = load_clip(checkpoint)
+    exporter(bundle, Path(checkpoint), Path(out))
+    write_model_card(Path(out), what, fmt, Path(checkpoint).parent, to_dict(bundle.config), Path(checkpoint))
