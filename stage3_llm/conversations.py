@@ -8,6 +8,7 @@ key of the given webdataset shards (`image_shards`), a file under `image_folder`
 file. Every problem is one line naming the file and the record index.
 """
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from mmtool.data.reading.images import BadSample, load_image
+from mmtool.data.reading.text_files import read_utf8, utf8_lines
 from mmtool.errors import MmtoolError
 from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from stage2_projector.packing import pack_batch
@@ -86,16 +88,19 @@ def shard_images_by_key(spec: str) -> dict[str, bytes]:
 
 
 def _read_records(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        records = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise MmtoolError(f"{path}: invalid JSON ({err})") from None
+    if path.suffix == ".jsonl":
+        return [_parsed(line, f"{path}:{number}") for number, line in utf8_lines(path) if line.strip()]
+    records = _parsed(read_utf8(path), str(path))
     if not isinstance(records, list):
         raise MmtoolError(f"{path}: expected a JSON list of conversation records")
     return records
+
+
+def _parsed(text: str, where: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise MmtoolError(f"{where}: invalid JSON ({err})") from None
 
 
 def _parse_record(record, where: str, source: ImageSource) -> Conversation:
@@ -147,15 +152,48 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.conversations)
 
     def __getitem__(self, index: int) -> dict:
+        """Raises BadSample when the conversation's image cannot be read or decoded."""
         conversation = self.conversations[index]
         ids, labels = self.encoded[index]
         pixels = None
         if conversation.image is not None:
             try:
-                pixels = self.image_transform(load_image(self.source.read(conversation.image)))  # [3, S, S]
-            except BadSample as err:
-                raise MmtoolError(f"{conversation.where}: image {conversation.image!r}: {err}") from None
+                data = self.source.read(conversation.image)
+            except OSError as err:
+                raise BadSample("unreadable_image", f"{conversation.where}: image {conversation.image!r}: "
+                                                    f"{err.strerror}") from None
+            pixels = self.image_transform(load_image(data))  # [3, S, S]
         return {"input_ids": ids, "labels": labels, "pixel_values": pixels}
+
+
+def readable_items(dataset: ConversationDataset, indices: list[int], skipped: Counter) -> list[dict]:
+    """The items of `indices` whose image decodes; the others are counted in `skipped` by reason."""
+    items = []
+    for index in indices:
+        try:
+            items.append(dataset[index])
+        except BadSample as err:
+            skipped[err.reason] += 1
+    return items
+
+
+def training_items(dataset: ConversationDataset, indices: list[int], skipped: Counter) -> list[dict]:
+    """A micro-batch of `len(indices)` items: a conversation whose image cannot be decoded is counted and its place
+    taken by a copy of a good one of the batch (when none is, by the next decodable conversation after the batch's
+    first), so every batch keeps its size and a resumed run sees the same batches."""
+    good = readable_items(dataset, indices, skipped)
+    if not good:
+        good = [_stand_in(dataset, indices[0])]
+    return [good[i % len(good)] for i in range(len(indices))]
+
+
+def _stand_in(dataset: ConversationDataset, after: int) -> dict:
+    for offset in range(1, len(dataset) + 1):
+        try:
+            return dataset[(after + offset) % len(dataset)]
+        except BadSample:
+            continue
+    raise MmtoolError(f"{dataset.conversations[0].where.split('#')[0]}: no conversation's image can be read")
 
 
 def collate_conversations(items: list[dict], pad_id: int, packed: bool = False,

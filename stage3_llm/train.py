@@ -1,5 +1,6 @@
 """The stage-3 loop: instruction-tune an aligned model on LLaVA conversations (LoRA + projector, or full)."""
 import json
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from stage2_projector.feature_cache import open_feature_cache
 from stage2_projector.packing import batch_tokens, check_packable
 from stage3_llm.checkpoint import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
-from stage3_llm.conversations import ConversationDataset, collate_conversations, epoch_batches, read_conversations
+from stage3_llm.conversations import (ConversationDataset, collate_conversations, epoch_batches, read_conversations,
+                                      readable_items, training_items)
 
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
@@ -92,29 +94,35 @@ class FinetuneStage(Stage):
     def batches(self, epoch: int, skip: int):
         batches = epoch_batches(self.samples, self.cfg.data.batch_size, self.cfg.train.seed, epoch,
                                 distributed.rank(), distributed.world_size(), self.batches_per_epoch)
-        return batches[skip:]
+        for indices in batches[skip:]:  # decoded here: a batch carries the count of images it could not use
+            skipped = Counter()
+            yield {"items": training_items(self.train_set, indices, skipped), "skipped": dict(skipped)}
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         tokens = 0
-        for micro_step, indices in enumerate(micro_batches):
+        for micro_step, micro_batch in enumerate(micro_batches):
             # Dropout (LoRA's too) draws from a generator seeded by the position in training, so a resumed run
             # repeats an uninterrupted one exactly (DeepSpeed states hold no RNG state).
             torch.manual_seed(self.cfg.train.seed * 1_000_003 + step * len(micro_batches) + micro_step)
-            batch = self.collate([self.train_set[i] for i in indices])
+            batch = self.collate(micro_batch["items"])
             outputs = engine(*model_inputs(batch, engine.device, engine.param_dtype))
             engine.backward(outputs["loss"])
             engine.step()
             tokens += batch_tokens(batch)
-        return StepResult(outputs["loss"], samples=sum(len(indices) for indices in micro_batches), tokens=tokens,
+        return StepResult(outputs["loss"], samples=sum(len(batch["items"]) for batch in micro_batches),
+                          tokens=tokens,
                           stats=self.cache.stats() if self.cache else {})
 
     def evaluate(self, engine: TrainEngine) -> dict:
         if self.val_set is None:
             return {}
-        size, batch_size = len(self.val_set), self.cfg.data.batch_size
-        batches = (model_inputs(self.collate([self.val_set[i] for i in range(start, min(start + batch_size, size))]),
-                                engine.device, engine.param_dtype) for start in range(0, size, batch_size))
-        return {**evaluate_answer_loss(engine, batches), "conversations": size}
+        size, batch_size, skipped = len(self.val_set), self.cfg.data.batch_size, Counter()
+        readable = (readable_items(self.val_set, list(range(start, min(start + batch_size, size))), skipped)
+                    for start in range(0, size, batch_size))
+        batches = (model_inputs(self.collate(items), engine.device, engine.param_dtype) for items in readable if items)
+        metrics = evaluate_answer_loss(engine, batches)
+        return {**metrics, "conversations": size - sum(skipped.values()),
+                **({"skipped_conversations": sum(skipped.values())} if skipped else {})}
 
     def save(self, out: Path, state_dict: dict) -> Path:
         save_finetuned(out, self.record, state_dict, self.bundle.model.llm, self.cfg.model.lora.enabled)

@@ -6,6 +6,7 @@ Each line: {"image": path (relative to the JSONL's folder), "caption": text (or 
 import io
 import json
 import re
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from mmtool.data.building.shard_writer import SplitWriter, hash_split, write_meta
 from mmtool.data.reading.images import BadSample, open_image
 from mmtool.data.reading.sample_format import IMAGE_EXTENSIONS, encode_sample
+from mmtool.data.reading.text_files import bad_utf8_reason
 from mmtool.errors import MmtoolError
 from mmtool.progress import progress
 
@@ -45,6 +47,13 @@ def read_record(line: str, where: str) -> dict:
     return record
 
 
+def _usable_line(raw: bytes, where: str) -> tuple[dict, list[str]]:
+    if reason := bad_utf8_reason(raw):
+        raise MmtoolError(f"{where}: {reason}")
+    record = read_record(raw.decode("utf-8"), where)
+    return record, line_captions(record, where)
+
+
 def stored_image(data: bytes, suffix: str, image_size: int | None) -> tuple[bytes, str]:
     """(bytes, extension): the original file when it is a shard image type and small enough, else a PNG
     whose shorter side is image_size. Raises BadSample for files that do not decode."""
@@ -64,7 +73,8 @@ def build_from_jsonl(file: Path, out: Path, image_size: int | None = None, val_f
                      seed: int = 0, shard_size: int = 1000) -> dict:
     """Writes out/{split}-%06d.tar and out/meta.json; returns counts, skips by reason and timing.
 
-    Malformed lines raise MmtoolError naming file:line; missing or undecodable images are skipped and counted.
+    A malformed line is reported on stderr as file:line: reason and counted as a bad line; missing or undecodable
+    images are skipped and counted. Fails only when no line gave a usable pair.
     Lines without "split" go to val by a hash of their image path with probability val_fraction.
     `image_size` downscales larger images (shorter side); smaller ones are stored as they are.
     """
@@ -73,13 +83,16 @@ def build_from_jsonl(file: Path, out: Path, image_size: int | None = None, val_f
         raise MmtoolError(f"JSONL file {file} does not exist")
     start = time.perf_counter()
     skipped = Counter()
-    with SplitWriter(out, shard_size) as shards, file.open(encoding="utf-8") as lines:
-        for number, line in enumerate(progress(lines, desc=file.name, unit="line"), start=1):
-            if not line.strip():
+    with SplitWriter(out, shard_size) as shards, file.open("rb") as lines:
+        for number, raw in enumerate(progress(lines, desc=file.name, unit="line"), start=1):
+            if not raw.strip():
                 continue
-            where = f"{file}:{number}"
-            record = read_record(line, where)
-            captions = line_captions(record, where)
+            try:
+                record, captions = _usable_line(raw, f"{file}:{number}")
+            except MmtoolError as err:  # reported, counted, and the next line read
+                print(err, file=sys.stderr)
+                skipped["bad_line"] += 1
+                continue
             path = file.parent / record["image"]
             try:
                 image, ext = stored_image(path.read_bytes(), path.suffix.lower().lstrip("."), image_size)

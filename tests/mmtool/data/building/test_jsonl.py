@@ -51,8 +51,15 @@ def test_round_trip_keeps_captions_labels_and_counts_skips(pairs):
     ('{"image": "img/red.png", "caption": "  "}', "pairs.jsonl:2: empty caption"),
     ('["a", "list"]', "pairs.jsonl:2: expected a JSON object"),
 ])
-def test_malformed_lines_name_the_file_and_line(pairs, bad_line, message):
+def test_malformed_lines_name_the_file_and_line(pairs, bad_line, message, capsys):
     write_jsonl(pairs / "pairs.jsonl", [{"image": "img/red.png", "caption": "fine"}, bad_line])
-    with pytest.raises(MmtoolError, match=message):
+    stats = build_from_jsonl(pairs / "pairs.jsonl", pairs / "out")
+    assert message in capsys.readouterr().err
+    assert stats["samples"] == {"train": 1} and stats["skipped"] == {"bad_line": 1}
+
+
+def test_no_usable_line_is_an_error_and_leaves_no_shard(pairs):
+    write_jsonl(pairs / "pairs.jsonl", ['{"caption": "no image"}', {"image": "img/broken.png", "caption": "x"}])
+    with pytest.raises(MmtoolError, match="no usable image-caption pair"):
         build_from_jsonl(pairs / "pairs.jsonl", pairs / "out")
-    assert not list((pairs / "out").iterdir())  # the first line's partial shard is gone
+    assert not list((pairs / "out").glob("*.tar"))
