@@ -6,6 +6,8 @@ DeepSpeed rather than repeating its rule; the instruction-set flags are read onl
 """
 from pathlib import Path
 
+from mmtool.errors import MmtoolError
+
 # Flags from /proc/cpuinfo that decide bf16 / fp16 matmul support and speed in oneDNN.
 REPORTED_FLAGS = ("avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16")
 
@@ -52,8 +54,6 @@ def fp16_missing_reason() -> str:
 
 def check_precision(ds_config: dict, source: str) -> None:
     """Refuses a DeepSpeed config whose precision this machine cannot train, before DeepSpeed raises deep inside."""
-    from mmtool.errors import MmtoolError
-
     if ds_config.get("fp16", {}).get("enabled") and not fp16_supported():
         raise MmtoolError(f"{source}: fp16 is enabled but {fp16_missing_reason()}; use a bf16 config such as "
                           "configs/deepspeed/zero2_bf16.json")

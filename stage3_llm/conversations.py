@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 
 from mmtool.data.reading.images import BadSample, load_image
+from mmtool.data.reading.loader import resolve_shards
+from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.data.reading.text_files import read_utf8, utf8_lines
 from mmtool.errors import MmtoolError
 from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
@@ -75,11 +77,6 @@ def read_conversations(path: str | Path, image_folder: str | Path | None = None,
 
 def shard_images_by_key(spec: str) -> dict[str, bytes]:
     """{sample key: encoded image} of every sample in the shards (kept in memory: meant for small sets)."""
-    from collections import Counter
-
-    from mmtool.data.reading.loader import resolve_shards
-    from mmtool.data.reading.sample_stream import parsed_samples
-
     skipped = Counter()
     images = {sample.key: sample.image for sample in parsed_samples(resolve_shards(spec), skipped)}
     if skipped:
