@@ -110,7 +110,8 @@ def card_text(out: Path, kind: str, fmt: str, run: Path, config: dict, source: P
                          tags=["mmtool", kind, fmt])
     lines = [f"# {out.name}", "", f"This folder holds {WHAT[kind]}, exported as `{fmt}` by `mmtool` from "
              f"`{source}`.", "", "## Training", "", "| setting | value |", "| --- | --- |"]
-    lines += [f"| `{key}` | `{flat[key]}` |" for key in TRAINING_KEYS if flat.get(key) is not None]
+    shown = {**flat, "train.deepspeed": Path(str(flat.get("train.deepspeed"))).name}  # the bundled file's name
+    lines += [f"| `{key}` | `{shown[key]}` |" for key in TRAINING_KEYS if flat.get(key) is not None]
     steps = trained_steps(run)
     if steps is not None:
         lines += [f"| optimizer steps run | {steps} |"]
