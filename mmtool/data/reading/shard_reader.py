@@ -13,6 +13,7 @@ import braceexpand
 from webdataset.gopen import gopen, gopen_schemes
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
 
+from mmtool.data.reading.text_files import utf8_text
 from mmtool.errors import MmtoolError
 
 META_FILE = "meta.json"  # beside the shards: sample counts per shard, written by building/shard_writer.py
@@ -59,12 +60,13 @@ def sample_count(urls: str | list[str]) -> int:
     for url in urls:
         name, meta = shard_name(url), beside(url, META_FILE)
         if meta not in listed:
-            listed[meta] = counts_in_meta(read_if_there(meta))
+            listed[meta] = counts_in_meta(read_if_there(meta), meta)
+        stats_file = beside(url, name.split(".")[0] + "_stats.json")
         if name in listed[meta]:
             total += listed[meta][name]
-        elif "successes" in (stats := json.loads(read_if_there(beside(url, name.split(".")[0] + "_stats.json"))
-                                                 or "{}")):
-            total += stats["successes"]
+        elif "successes" in (stats := json_object(read_if_there(stats_file), stats_file)):
+            total += _checked_count(stats["successes"], stats_file, "successes", "a sample count",
+                                    repr(stats["successes"])[:60])
         elif is_url(url):
             raise MmtoolError(f"cannot count the samples of {url}: there is no {META_FILE} (or img2dataset "
                               f"*_stats.json) beside it; set data.train_samples")
@@ -94,11 +96,46 @@ def read_if_there(url: str) -> bytes | None:
         return None
 
 
-def counts_in_meta(meta: bytes | None) -> dict[str, int]:
-    """{shard name: samples} for every split listed in an mmtool meta.json (empty when there is none)."""
-    splits = json.loads(meta).get("splits", {}) if meta else {}
-    return {name: count for split in splits.values()
-            for name, count in zip(split.get("shards", []), split.get("shard_samples", []))}
+def counts_in_meta(meta: bytes | None, where: str = META_FILE) -> dict[str, int]:
+    """{shard name: samples} for every split listed in an mmtool meta.json (empty when there is none); a corrupt
+    one is refused naming `where` and the key."""
+    splits = json_object(meta, where).get("splits", {})
+    if not isinstance(splits, dict):
+        raise MmtoolError(f"{where}: key 'splits': expected an object of splits, got {type(splits).__name__}")
+    counts = {}
+    for split_name, split in splits.items():
+        key = f"splits.{split_name}"
+        if not isinstance(split, dict):
+            raise MmtoolError(f"{where}: key '{key}': expected an object, got {str(split)[:60]}")
+        names, samples = split.get("shards", []), split.get("shard_samples", [])
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+            raise MmtoolError(f"{where}: key '{key}.shards': expected a list of shard names, got {str(names)[:60]}")
+        if not isinstance(samples, list):
+            raise MmtoolError(f"{where}: key '{key}.shard_samples': expected a list of sample counts, "
+                              f"got {str(samples)[:60]}")
+        for name, count in zip(names, samples):
+            counts[name] = _checked_count(count, where, f"{key}.shard_samples", "a list of sample counts",
+                                          str(samples)[:60])
+    return counts
+
+
+def json_object(data: bytes | None, where: str) -> dict:
+    """A JSON object file's content ({} when absent), refused in one line when it is not one."""
+    if data is None:
+        return {}
+    try:
+        value = json.loads(utf8_text(data, where))
+    except json.JSONDecodeError as err:
+        raise MmtoolError(f"{where}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise MmtoolError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _checked_count(count, where: str, key: str, expected: str, shown: str) -> int:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise MmtoolError(f"{where}: key '{key}': expected {expected}, got {shown}")
+    return count
 
 
 def member_keys(path: str) -> set[str]:

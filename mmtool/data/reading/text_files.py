@@ -6,11 +6,14 @@ from mmtool.errors import MmtoolError
 
 
 def read_utf8(path: Path) -> str:
-    data = Path(path).read_bytes()
+    return utf8_text(Path(path).read_bytes(), str(path))
+
+
+def utf8_text(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise MmtoolError(f"{path}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
+        raise MmtoolError(f"{where}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})") from None
 
 
 def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:

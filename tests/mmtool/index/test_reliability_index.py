@@ -163,3 +163,15 @@ def test_sigkill_during_index_add_then_rerun(image_folders, tiny_clip_checkpoint
     index = ImageIndex.open(out)
     assert len(index.items) == index.vectors.ntotal == 46
     assert len({item["sha256"] for item in index.items}) == 46
+
+
+def test_bad_jsonl_lines_are_reported_and_counted_not_fatal(image_folders, tiny_clip_checkpoint, tmp_path, capsys):
+    image = sorted(image_folders[0].glob("*.png"))[0]
+    good = json.dumps({"image": str(image), "caption": "fine"}).encode()
+    (tmp_path / "list.jsonl").write_bytes(b"\n".join([b'{"image": "x.png", "caption": "caf\xe9"}', good, b"{oops"]))
+    _, report = ImageIndex.build(str(tmp_path / "list.jsonl"), tiny_clip_checkpoint, tmp_path / "index",
+                                 progress=False)
+    assert report.added == 1 and report.skipped()["bad_line"] == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert f"{tmp_path / 'list.jsonl'}:1: not UTF-8 text (byte 0xe9 at column 35)" in errors
+    assert any(line.startswith(f"{tmp_path / 'list.jsonl'}:3: invalid JSON") for line in errors)
