@@ -35,3 +35,13 @@ def test_a_data_builder_shows_its_bar(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stderr", terminal)
     build_from_jsonl(tmp_path / "pairs.jsonl", tmp_path / "shards")
     assert "pairs.jsonl: " in terminal.getvalue() and "line/s" in terminal.getvalue()
+
+
+def test_eval_clip_shows_reading_its_eval_set(emoji_shards, monkeypatch):
+    from mmtool.data.reading.loader import make_eval_set, resolve_shards
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    eval_set = make_eval_set(resolve_shards(str(emoji_shards / "val-*.tar")), 32)
+    shown = terminal.getvalue().split("\r")[-1]
+    assert f"read eval set: {len(eval_set['caption'])}img" in shown and "img/s" in shown

@@ -30,6 +30,7 @@ from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_s
 from mmtool.data.reading.shard_reader import resolve_shards, sample_count  # noqa: F401 (this module's API too)
 from mmtool.data.reading.worker_lifetime import worker_guard
 from mmtool.errors import MmtoolError
+from mmtool.progress import progress
 
 
 def worker_plan(batches: int, skip: int, worker: int, workers: int) -> tuple[int, int, int]:
@@ -190,7 +191,7 @@ def make_eval_set(urls: list[str], image_size: int, label_fields=("group", "subg
     """
     skipped = Counter()
     images, captions, keys, metas = [], [], [], []
-    for raw in parsed_samples(urls, skipped):
+    for raw in progress(parsed_samples(urls, skipped), desc="read eval set", unit="img"):
         try:
             images.append(eval_transform(load_image(raw.image), image_size))
         except BadSample as err:
