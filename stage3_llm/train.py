@@ -4,13 +4,11 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mmtool import distributed
 from mmtool.checkpoint import file_sha256
 from mmtool.config import to_dict
-from mmtool.data.reading.images import eval_transform
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
@@ -21,8 +19,8 @@ from stage2_projector.feature_cache import open_feature_cache
 from stage2_projector.packing import batch_tokens, check_packable
 from stage3_llm.checkpoint import add_lora, load_finetuned, save_finetuned
 from stage3_llm.config import FinetuneConfig
-from stage3_llm.conversations import (ConversationDataset, collate_conversations, epoch_batches, read_conversations,
-                                      readable_items, training_items)
+from stage3_llm.conversations import collate_conversations, epoch_batches, readable_items, training_items
+from stage3_llm.training_data import finetune_datasets
 
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
@@ -60,27 +58,10 @@ def check_resume_base(out: Path, base_sha: str) -> None:
                               f"now {base_sha[:12]})")
 
 
-def make_datasets(cfg: FinetuneConfig, bundle: VlmBundle):
-    image_size = bundle.record["vision"]["image_size"]
-    encode = partial(ConversationDataset, tokenizer=bundle.tokenizer, image_token=bundle.llm.identity["image_token"],
-                     num_image_tokens=bundle.num_image_tokens, image_transform=lambda img: eval_transform(img, image_size),
-                     max_length=cfg.data.max_length)
-    conversations, source = read_conversations(cfg.data.train, cfg.data.image_folder, cfg.data.image_shards)
-    if cfg.data.max_samples is not None and cfg.data.max_samples < len(conversations):
-        keep = np.random.default_rng(cfg.train.seed).permutation(len(conversations))[:cfg.data.max_samples]
-        conversations = [conversations[i] for i in sorted(keep)]
-    train_set = encode(conversations, source)
-    val_set = None
-    if cfg.data.val:
-        val_conversations, val_source = read_conversations(cfg.data.val, cfg.data.image_folder, cfg.data.image_shards)
-        val_set = encode(val_conversations[:cfg.data.val_samples], val_source)
-    return train_set, val_set
-
-
 class FinetuneStage(Stage):
     def __init__(self, cfg: FinetuneConfig, bundle: VlmBundle, record: dict):
         self.cfg, self.bundle, self.record, self.model = cfg, bundle, record, bundle.model
-        self.train_set, self.val_set = make_datasets(cfg, bundle)
+        self.train_set, self.val_set = finetune_datasets(cfg, bundle)
         self.samples = len(self.train_set)
         self.batches_per_epoch = cfg.train.accum_steps * steps_per_epoch(
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())

@@ -1,0 +1,28 @@
+"""What stage 3 trains and validates on: the configured conversation files, encoded for the aligned model."""
+from functools import partial
+
+import numpy as np
+
+from mmtool.data.reading.images import eval_transform
+from stage2_projector.checkpoint import VlmBundle
+from stage3_llm.config import FinetuneConfig
+from stage3_llm.conversations import ConversationDataset, read_conversations
+
+
+def finetune_datasets(cfg: FinetuneConfig, bundle: VlmBundle) -> tuple[ConversationDataset, ConversationDataset | None]:
+    """data.train (a seeded subset of data.max_samples when set) and the first data.val_samples of data.val, with
+    the model's tokenizer, image placeholders and image size."""
+    image_size = bundle.record["vision"]["image_size"]
+    encode = partial(ConversationDataset, tokenizer=bundle.tokenizer, image_token=bundle.llm.identity["image_token"],
+                     num_image_tokens=bundle.num_image_tokens, image_transform=lambda img: eval_transform(img, image_size),
+                     max_length=cfg.data.max_length)
+    conversations, source = read_conversations(cfg.data.train, cfg.data.image_folder, cfg.data.image_shards)
+    if cfg.data.max_samples is not None and cfg.data.max_samples < len(conversations):
+        keep = np.random.default_rng(cfg.train.seed).permutation(len(conversations))[:cfg.data.max_samples]
+        conversations = [conversations[i] for i in sorted(keep)]
+    train_set = encode(conversations, source)
+    val_set = None
+    if cfg.data.val:
+        val_conversations, val_source = read_conversations(cfg.data.val, cfg.data.image_folder, cfg.data.image_shards)
+        val_set = encode(val_conversations[:cfg.data.val_samples], val_source)
+    return train_set, val_set
