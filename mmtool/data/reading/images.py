@@ -13,6 +13,7 @@ from mmtool.data.reading.augment import WHITE, StyleAugment, after_crop, before_
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 MAX_PIXELS = 8192 * 8192  # larger images are treated as decompression bombs
+SIXTEEN_BIT_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's modes for 16-bit greyscale PNG / TIFF
 
 
 class BadSample(Exception):
@@ -44,6 +45,8 @@ def open_image(data: bytes) -> Image.Image:
                 raise BadSample("empty_image", f"{width}x{height}")
             img.load()
             img = ImageOps.exif_transpose(img)
+            if img.mode in SIXTEEN_BIT_GREY:  # convert("RGB") would clip every value above 255 to white
+                img = Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
             has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
             return img.convert("RGBA" if has_alpha else "RGB")
     except BadSample:

@@ -16,6 +16,7 @@ from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expan
 from mmtool.data.reading.text_files import utf8_text
 from mmtool.errors import MmtoolError
 
+TAR_BLOCK = 512
 META_FILE = "meta.json"  # beside the shards: sample counts per shard, written by building/shard_writer.py
 URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")  # "https://...", "pipe:...", "file:..." (not a drive letter)
 
@@ -174,5 +175,18 @@ def iter_tar_groups(url: str, skipped: Counter) -> Iterator[dict]:
         finally:
             with suppress(OSError):  # a pipe closed before its command is done reports the broken pipe
                 source["stream"].close()
-    if errors:
+    if errors or (not is_url(url) and lacks_end_marker(url)):
         skipped["bad_shard"] += 1
+
+
+def lacks_end_marker(path: str) -> bool:
+    """A local tar cut off mid-way: Python's tarfile reads a cut inside a member header as the archive's end, so
+    the cut is found here instead: a whole tar ends in zero blocks (the end-of-archive marker)."""
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - 2 * TAR_BLOCK))
+            tail = handle.read()
+    except OSError:
+        return False  # unreadable: reported by the read itself
+    return size % TAR_BLOCK != 0 or tail.count(0) != len(tail)
