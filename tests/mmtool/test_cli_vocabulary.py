@@ -123,6 +123,7 @@ def test_deepspeeds_cpu_accelerator_warning_is_silenced(quiet):
 def test_old_and_new_spellings_of_eval_clip_write_the_same_figures(tiny_clip_checkpoint, emoji_shards, tmp_path):
     data = str(emoji_shards / "val-*.tar")
     old = run("eval-clip", str(tiny_clip_checkpoint), "--data", data, "--json", str(tmp_path / "old.json"))
-    new = run("eval-clip", "--clip", str(tiny_clip_checkpoint), "--data", data, "--out-json", str(tmp_path / "new.json"))
+    new = run("eval-clip", "--clip", str(tiny_clip_checkpoint), "--data", data,
+              "--out-json", str(tmp_path / "new.json"))
     assert old.exit_code == new.exit_code == 0, (old.output, new.output)
     assert (tmp_path / "old.json").read_text() == (tmp_path / "new.json").read_text()
