@@ -39,7 +39,8 @@ CacheFolder = Annotated[str, PathField(words=("auto",))]
 # 0 is in range where it has a meaning: lr 0 freezes, grad_clip 0 turns clipping off, max_steps 0 takes the
 # schedule from epochs, save_every / eval_every 0 act at each epoch's end.
 LOWEST = {"lr": 0, "grad_clip": 0, "max_steps": 0, "warmup_steps": 0, "save_every": 0, "eval_every": 0,
-          "accum_steps": 1, "batch_size": 1, "epochs": 1, "keep_states": 1, "log_every": 1, "max_nonfinite_steps": 1}
+          "accum_steps": 1, "global_batch": 1, "batch_size": 1, "epochs": 1, "keep_states": 1, "log_every": 1,
+          "max_nonfinite_steps": 1}
 
 
 def load_config(cls, path: str | Path | None, overrides: list[str] = (), section: str | None = None):

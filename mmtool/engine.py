@@ -54,7 +54,8 @@ class TrainEngine:
     from a step whose loss was non-finite on some rank)."""
 
     def __init__(self, model: torch.nn.Module, ds_config_path: str | Path, micro_batch_size: int,
-                 optim: OptimSettings, accum_steps: int = 1):
+                 optim: OptimSettings, accum_steps: int = 1, load_universal: bool = False):
+        """load_universal: the state to resume from is a universal checkpoint (mmtool/world_resize.py)."""
         import deepspeed
 
         distributed.init_distributed()
@@ -68,6 +69,8 @@ class TrainEngine:
             zero_allow_untested_optimizer=True,
         )
         ds_config.pop("train_batch_size", None)
+        if load_universal:
+            ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
         groups = build_param_groups(model, optim.lr, optim.weight_decay, optim.rules)
         if not groups:
             raise MmtoolError("nothing to train: every parameter is frozen (check train.param_groups)")
@@ -132,13 +135,13 @@ class TrainEngine:
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
                                     exclude_frozen_parameters=True)
 
-    def load_state(self, directory: Path) -> dict:
-        """Loads the latest state under `directory`; returns the client state saved with it."""
+    def load_state(self, directory: Path, tag: str | None = None) -> dict:
+        """Loads state `tag` (default: the latest) under `directory`; returns the client state saved with it."""
         from mmtool.safe_state import install_safe_loader
 
         install_safe_loader(self.engine)
         # Not strict: the frozen weights are absent from the state by design (see save_state).
-        path, client_state = self.engine.load_checkpoint(str(directory), load_module_strict=False)
+        path, client_state = self.engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
         if path is None:
             raise MmtoolError(f"--resume: no DeepSpeed checkpoint under {directory}")
         return client_state

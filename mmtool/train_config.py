@@ -13,6 +13,9 @@ class TrainSettings:
     epochs: int = 1
     max_steps: int | None = None  # schedule length in optimizer steps instead of epochs
     accum_steps: int = 1
+    # Samples per optimizer step, all ranks together; when set, accum_steps follows from the number of ranks
+    # (global_batch / (ranks x data.batch_size)). A resumed run keeps the global batch it was saved with.
+    global_batch: int | None = None
     lr: float = 1e-3
     min_lr_ratio: float = 0.0
     warmup_steps: int = 20

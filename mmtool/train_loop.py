@@ -18,7 +18,8 @@ from mmtool.run_log import RunLog, ThroughputWindow
 from mmtool.run_plot import plot_run_if_possible
 from mmtool.train_cadence import Cadence, steps_per_epoch
 from mmtool.train_config import TrainSettings
-from mmtool.train_state import load_latest_state, save_rotating_state
+from mmtool.train_state import STATE_DIR, save_rotating_state
+from mmtool.world_resize import load_resumed, resume_source, run_accum
 
 
 @dataclass
@@ -73,9 +74,11 @@ class Progress:
     nonfinite_in_a_row: int = 0
 
 
-def start_run(settings: TrainSettings) -> None:
-    """Before a stage builds its model: process group, threads, and the seed its initial weights come from."""
+def start_run(settings: TrainSettings, batch_size: int, out: Path, resume: bool) -> None:
+    """Before a stage builds its model: process group, threads, the seed its initial weights come from, and
+    settings.accum_steps for this number of ranks (from train.global_batch, or the resumed run's global batch)."""
     distributed.init_distributed()
+    settings.accum_steps = run_accum(settings, batch_size, out / STATE_DIR if resume else None)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
@@ -88,11 +91,13 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     world, accum = distributed.world_size(), settings.accum_steps
     per_epoch = steps_per_epoch(stage.samples, batch_size, accum, world)
     total_steps = settings.max_steps or settings.epochs * per_epoch
+    source = resume_source(out / STATE_DIR, world, settings.deepspeed) if resume else None
     engine = TrainEngine(stage.model, settings.deepspeed, batch_size, accum_steps=accum,
-                         optim=OptimSettings.from_train(settings, total_steps))
+                         optim=OptimSettings.from_train(settings, total_steps),
+                         load_universal=bool(source and source.universal))
     progress = Progress()
-    if resume:
-        client_state = load_latest_state(engine, out)
+    if source:
+        client_state = load_resumed(engine, source)
         progress = Progress(**client_state["progress"])
         stage.load_state(client_state)
     if distributed.is_main():
@@ -100,12 +105,12 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     log = RunLog(out, total_steps, progress.step, enabled=distributed.is_main())
     params = list(stage.model.parameters())
     log.message(f"training {sum(p.numel() for p in params if p.requires_grad) / 1e6:.3f}M of "
-                f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters on {stage.samples} samples x {world} "
-                f"rank(s): {per_epoch} steps/epoch, {total_steps} steps")
+                f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters on {stage.samples} samples, global batch "
+                f"{world} rank(s) x {batch_size} x {accum} accumulated: {per_epoch} steps/epoch, {total_steps} steps")
 
     def save_state() -> None:
         save_rotating_state(engine, out, progress.step, {"progress": asdict(progress), **stage.state()},
-                            settings.keep_states)
+                            settings.keep_states, {"world": world, "batch_size": batch_size, "accum_steps": accum})
 
     def evaluate() -> dict:
         engine.train(False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from mmtool import distributed
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
+from mmtool.world_resize import write_layout
 
 STATE_DIR = "state"  # under --out
 STATE_TAG = re.compile(r"step(\d+)")
@@ -36,11 +37,15 @@ def claim_out(out: Path, resume: bool, overwrite: bool) -> None:
                 path.unlink()
 
 
-def save_rotating_state(engine: TrainEngine, out: Path, step: int, client_state: dict, keep: int) -> None:
-    """Writes state tag `step<N>` (every rank takes part), then rank 0 deletes all but the newest `keep` tags;
-    other folders under state/ are not the run's to delete."""
+def save_rotating_state(engine: TrainEngine, out: Path, step: int, client_state: dict, keep: int,
+                        layout: dict | None = None) -> None:
+    """Writes state tag `step<N>` (every rank takes part) with the `layout` that saved it (ranks, batch size,
+    accumulation: mmtool/world_resize.py; the loop always gives it), then rank 0 deletes all but the newest `keep` tags; other folders under
+    state/ are not the run's to delete."""
     state_dir = out / STATE_DIR
     engine.save_state(state_dir, f"step{step}", client_state)
+    if layout:
+        write_layout(state_dir / f"step{step}", **layout)
     distributed.barrier()
     if distributed.is_main():
         tags = {int(match[1]): path for path in state_dir.iterdir()

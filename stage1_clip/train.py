@@ -7,7 +7,8 @@ import torch
 from mmtool import distributed
 from mmtool.config import to_dict
 from mmtool.data.reading.images import AugmentConfig
-from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
+from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count, train_layout
+from mmtool.data.reading.relayout import EpochOrigin
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
@@ -26,7 +27,7 @@ from stage1_clip.tokenizer_setup import prepare_tokenizer
 
 def pretrain_clip(cfg: ClipConfig, out: Path, resume: bool = False) -> dict:
     """Trains, evaluates and writes out/clip.pt; returns the last evaluation metrics."""
-    start_run(cfg.train)
+    start_run(cfg.train, cfg.data.batch_size, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     return train(ClipStage(cfg, out), cfg.train, cfg.data.batch_size, out, to_dict(cfg), resume)
 
@@ -53,6 +54,7 @@ class ClipStage(Stage):
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale),
                                      style=cfg.data.augment)
         self.skipped_samples = 0  # unreadable samples the loader left out
+        self.origin = EpochOrigin(train_layout(distributed.world_size(), cfg.data.workers, cfg.data.batch_size))
         planned = self.mining is not None and self.mining.composition != "random"
         self.caches = open_caches(self.model, cfg, Path(self.urls[0]).parent, planned_batches=planned)
 
@@ -60,13 +62,16 @@ class ClipStage(Stage):
         return self.tokenizer(texts, self.cfg.model.text.context_length)  # ids, mask [B, T]
 
     def batches(self, epoch: int, skip: int):
+        origin = self.origin.for_epoch(epoch, skip)
+        if self.mining and origin != self.origin.current:
+            raise MmtoolError(f"--resume mid-epoch with hard negatives needs the layout the epoch began on ({origin})")
         planned = self.mining.loader(epoch, skip, self.augment) if self.mining else None
         return planned if planned is not None else make_train_loader(
             self.urls, batch_size=self.cfg.data.batch_size, image_size=self.cfg.model.vision.image_size,
             epoch=epoch, seed=self.cfg.train.seed, rank=distributed.rank(), world_size=distributed.world_size(),
             workers=self.cfg.data.workers, batches_per_epoch=self.batches_per_epoch, skip_batches=skip,
             shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled,
-            views=self.cfg.data.cached_views if self.model.image_cache else 0)
+            views=self.cfg.data.cached_views if self.model.image_cache else 0, origin=origin)
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         inputs = []
@@ -98,9 +103,10 @@ class ClipStage(Stage):
         return changed
 
     def state(self) -> dict:
-        return {"hard_negatives": self.mining.state() if self.mining else None}
+        return {"hard_negatives": self.mining.state() if self.mining else None, "epoch_layout": self.origin.state()}
 
     def load_state(self, client_state: dict) -> None:
+        self.origin.load_state(client_state.get("epoch_layout"))
         if self.mining:
             self.mining.load_state(client_state.get("hard_negatives"))
 

@@ -6,7 +6,8 @@ import torch
 from mmtool import distributed
 from mmtool.config import to_dict
 from mmtool.data.reading.images import AugmentConfig
-from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
+from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count, train_layout
+from mmtool.data.reading.relayout import EpochOrigin
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
@@ -22,7 +23,7 @@ from stage2_projector.packing import batch_tokens, check_packable
 def align(cfg: AlignConfig, out: Path, resume: bool = False, bundle: VlmBundle | None = None) -> dict:
     """Trains the projector and writes out/vlm.pt; returns the last val metrics. `bundle` replaces building the
     model from cfg.model (tests pass a tiny one)."""
-    start_run(cfg.train)  # the projector's initial weights: the same on every rank
+    start_run(cfg.train, cfg.data.batch_size, out, resume)  # the projector's initial weights: the same on every rank
     out.mkdir(parents=True, exist_ok=True)
     if bundle is None:
         if not cfg.model.vision:
@@ -41,6 +42,7 @@ class AlignStage(Stage):
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())
         self.val_set = make_val_set(cfg, self.image_size) if cfg.data.val else None
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale))
+        self.origin = EpochOrigin(train_layout(distributed.world_size(), cfg.data.workers, cfg.data.batch_size))
         if cfg.data.packed:
             check_packable(bundle.llm.model)
         # A random crop gives a new view each epoch: nothing to reuse.
@@ -54,7 +56,14 @@ class AlignStage(Stage):
             self.urls, batch_size=self.cfg.data.batch_size, image_size=self.image_size, epoch=epoch,
             seed=self.cfg.train.seed, rank=distributed.rank(), world_size=distributed.world_size(),
             workers=self.cfg.data.workers, batches_per_epoch=self.batches_per_epoch, skip_batches=skip,
-            shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled)
+            shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled,
+            origin=self.origin.for_epoch(epoch, skip))
+
+    def state(self) -> dict:
+        return {"epoch_layout": self.origin.state()}
+
+    def load_state(self, client_state: dict) -> None:
+        self.origin.load_state(client_state.get("epoch_layout"))
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         tokens = 0

@@ -19,6 +19,7 @@ from PIL import Image
 
 from mmtool.data.reading.images import BadSample, load_image
 from mmtool.data.reading.loader import resolve_shards
+from mmtool.data.reading.relayout import Layout, origin_positions
 from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.data.reading.text_files import read_utf8, utf8_lines
 from mmtool.errors import MmtoolError
@@ -216,9 +217,14 @@ def collate_conversations(items: list[dict], pad_id: int, packed: bool = False,
 
 
 def epoch_batches(count: int, batch_size: int, seed: int, epoch: int, rank: int, world: int,
-                  micro_batches: int) -> list[list[int]]:
+                  micro_batches: int, origin: Layout | None = None) -> list[list[int]]:
     """This rank's micro-batches of an epoch: a seeded permutation, dealt round-robin to the ranks (the same list
-    on every run, so resuming skips exactly the batches already trained on)."""
+    on every run, so resuming skips exactly the batches already trained on). `origin`: the layout the epoch began
+    on when another (a run resumed on another number of ranks reads on in its order: relayout.py)."""
     order = np.random.default_rng([seed, epoch]).permutation(count)
-    per_rank = order[rank::world]
-    return [per_rank[i * batch_size:(i + 1) * batch_size].tolist() for i in range(micro_batches)]
+    current = Layout(world, 1, batch_size)
+    origin = origin or current
+    dealt = [order[origin_rank::origin.world] for origin_rank in range(origin.world)]
+    return [[int(dealt[origin_rank][origin_batch * origin.batch_size + offset])
+             for origin_rank, origin_batch, offset in origin_positions(origin, current, rank, batch)]
+            for batch in range(micro_batches)]

@@ -9,6 +9,7 @@ import torch
 from mmtool import distributed
 from mmtool.checkpoint import file_sha256
 from mmtool.config import to_dict
+from mmtool.data.reading.relayout import EpochOrigin, Layout
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
@@ -25,7 +26,7 @@ from stage3_llm.training_data import finetune_datasets
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
     """Trains on cfg.data.train and writes out/vlm.pt (+ out/adapter/); returns the last val metrics."""
-    start_run(cfg.train)  # LoRA's initial weights: the same on every rank
+    start_run(cfg.train, cfg.data.batch_size, out, resume)  # LoRA's initial weights: the same on every rank
     if not cfg.model.base:
         raise MmtoolError("model.base: give the aligned checkpoint (--model ckpt/align)")
     base_file = resolve_model_file(cfg.model.base)
@@ -65,6 +66,7 @@ class FinetuneStage(Stage):
         self.samples = len(self.train_set)
         self.batches_per_epoch = cfg.train.accum_steps * steps_per_epoch(
             self.samples, cfg.data.batch_size, cfg.train.accum_steps, distributed.world_size())
+        self.origin = EpochOrigin(Layout(distributed.world_size(), 1, cfg.data.batch_size))
         if cfg.data.packed:
             check_packable(bundle.llm.model)
         self.collate = partial(collate_conversations, pad_id=bundle.tokenizer.pad_token_id, packed=cfg.data.packed,
@@ -74,7 +76,8 @@ class FinetuneStage(Stage):
 
     def batches(self, epoch: int, skip: int):
         batches = epoch_batches(self.samples, self.cfg.data.batch_size, self.cfg.train.seed, epoch,
-                                distributed.rank(), distributed.world_size(), self.batches_per_epoch)
+                                distributed.rank(), distributed.world_size(), self.batches_per_epoch,
+                                origin=self.origin.for_epoch(epoch, skip))
         for indices in batches[skip:]:  # decoded here: a batch carries the count of images it could not use
             skipped = Counter()
             yield {"items": training_items(self.train_set, indices, skipped), "skipped": dict(skipped)}
@@ -93,6 +96,12 @@ class FinetuneStage(Stage):
         return StepResult(outputs["loss"], samples=sum(len(batch["items"]) for batch in micro_batches),
                           tokens=tokens,
                           stats=self.cache.stats() if self.cache else {})
+
+    def state(self) -> dict:
+        return {"epoch_layout": self.origin.state()}
+
+    def load_state(self, client_state: dict) -> None:
+        self.origin.load_state(client_state.get("epoch_layout"))
 
     def evaluate(self, engine: TrainEngine) -> dict:
         if self.val_set is None:

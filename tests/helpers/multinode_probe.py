@@ -1,8 +1,9 @@
 """Run under a launcher: what each rank reads and the contrastive loss over the gathered features, as JSON.
 
-`python -m tests.helpers.multinode_probe SHARDS OUT.json BATCH`: every rank reads its loader's first batch the way stage 1
-does (rank and world from mmtool.distributed), gives each sample features seeded by its key, and computes CLIP's
-loss (features gathered over all ranks). Rank 0 writes every rank's keys, the mean loss and the gathered count.
+`python -m tests.helpers.multinode_probe SHARDS OUT.json BATCH`: every rank reads its loader's first batch the way
+stage 1 does (rank and world from mmtool.distributed), gives each sample features seeded by its key, and computes
+CLIP's loss (features gathered over all ranks). Rank 0 writes every rank's keys, the mean loss and the gathered
+count.
 """
 import json
 import sys

@@ -15,7 +15,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 SAMPLES, STEPS = 32, 3  # one global batch of 32 is the whole epoch: each step sees the same set in any split
 LAUNCHERS = ["torchrun", "deepspeed"]
-# tests/stage1_clip/test_train_distributed.py's bound for bf16 ZeRO stages is 5e-2; these runs are float32 and much closer.
+# tests/stage1_clip/test_train_distributed.py's bound for bf16 ZeRO stages is 5e-2; these runs are float32, much
+# closer.
 WEIGHT_TOLERANCE = 1e-3
 
 
@@ -48,7 +49,8 @@ def one_process(whole_epoch_shard, tmp_path_factory):
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_nodes_read_disjoint_halves_and_gather_negatives(launcher, whole_epoch_shard, tmp_path):
     report = tmp_path / "probe.json"
-    run_together(two_nodes(launcher, ["tests.helpers.multinode_probe", str(whole_epoch_shard), str(report), "16"], tmp_path))
+    probe_args = ["tests.helpers.multinode_probe", str(whole_epoch_shard), str(report), "16"]
+    run_together(two_nodes(launcher, probe_args, tmp_path))
     probe = json.loads(report.read_text())
     assert probe["world"] == 2 and [r["rank"] for r in probe["ranks"]] == [0, 1]
     first, second = (set(r["keys"]) for r in probe["ranks"])
