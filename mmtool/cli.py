@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from mmtool.cli_options import (DATA, PIPELINE, RUNS, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
-                                PrintConfigOption, SetOption, WorkflowGroup, config_option, load_or_print, one_of,
-                                quiet_deepspeed, required, version)
+                                PipelineSetOption, PrintConfigOption, SetOption, WorkflowGroup, config_option,
+                                load_or_print, one_of, quiet_deepspeed, required, version)
 from mmtool.errors import MmtoolError
 from mmtool.retrieval_cli import ClipOption, OldCheckpointArgument, PushOption, add_retrieval_commands, push_if_asked
 
@@ -308,7 +308,7 @@ def export_llava(
 @app.command("pipeline", rich_help_panel=PIPELINE)
 def pipeline(
     config: Annotated[Optional[str], config_option("pipeline", "Pipeline")] = None,
-    overrides: SetOption = None,
+    overrides: PipelineSetOption = None,
     print_config: PrintConfigOption = False,
     force: Annotated[bool, typer.Option(help="Re-run every step, even those that are up to date")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the steps and whether each is up to date; run nothing")]

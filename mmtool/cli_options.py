@@ -57,6 +57,8 @@ def config_option(section: str, what: str = "Config") -> typer.Option:
 
 SetOption = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, repeatable: "
                                                                        "--set train.lr=1e-4")]
+PipelineSetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override a pipeline key, repeatable: --set eval.per_task=20 --set 'align.set=[train.max_steps=50]'")]
 PrintConfigOption = Annotated[bool, typer.Option("--print-config", help="Print the resolved config (defaults, then "
                                                                         "the YAML, then --set) as YAML and exit")]
 OutJsonOption = Annotated[Optional[Path], typer.Option("--out-json", help="Also write the results here (JSON)")]
