@@ -5,6 +5,7 @@ from, with a "finetune" entry added, and the tower + projector weights; with ful
 and, with LoRA, `adapter/`: a standard peft adapter of the LLM, unmerged, that peft loads on top of the base LLM
 and that a further `mmtool finetune --model <this folder>` keeps training.
 """
+import hashlib
 import os
 import shutil
 import tempfile
@@ -13,7 +14,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from mmtool.checkpoint import save_model
+from mmtool.checkpoint import file_sha256, save_model
+from mmtool.errors import MmtoolError
 from stage2_projector.checkpoint import KIND, SAVED_PREFIXES, VlmBundle, load_vlm, resolve_model_file
 from stage3_llm.config import LoraSettings
 
@@ -31,7 +33,13 @@ def load_finetuned(path: str | Path, llm=None, trainable: bool = False) -> VlmBu
     """An aligned or finetuned model; a LoRA adapter found beside it is loaded unmerged (trainable on request)."""
     bundle = load_vlm(path, llm)
     adapter = resolve_model_file(path).parent / ADAPTER_DIR
-    if bundle.record.get("finetune", {}).get("lora"):
+    finetune = bundle.record.get("finetune", {})
+    if finetune.get("lora"):
+        restore_interrupted_swap(adapter)
+        recorded = finetune.get("adapter_sha256")  # absent in models saved before it was recorded
+        if recorded and folder_sha256(adapter) != recorded:
+            raise MmtoolError(f"{adapter}: not the adapter saved with {resolve_model_file(path)} (another save's, "
+                              "or changed since); copy the run folder whole or finetune again")
         bundle.model.llm = PeftModel.from_pretrained(bundle.model.llm, str(adapter), is_trainable=trainable)
     return bundle
 
@@ -46,6 +54,9 @@ def save_finetuned(out: Path, record: dict, state_dict: dict[str, torch.Tensor],
         # The image token's embedding row is never used (features replace it): no need to save embeddings.
         save_whole_folder(out / ADAPTER_DIR, lambda tmp: llm.save_pretrained(str(tmp), state_dict=llm_state,
                                                                              save_embedding_layers=False))
+        # vlm.pt is written after the adapter and names it: a crash between the two leaves a pair load refuses
+        record = {**record, "finetune": {**record.get("finetune", {}),
+                                         "adapter_sha256": folder_sha256(out / ADAPTER_DIR)}}
     else:
         kept = state_dict
     save_model(resolve_model_file(out), KIND, record, kept)
@@ -55,6 +66,9 @@ def save_whole_folder(folder: Path, write) -> None:
     """write(tmp) fills a temporary sibling, which then takes the folder's place: a crash while writing (peft
     writes file by file) leaves the previous folder as it was and nothing half-written under its name."""
     folder.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted_swap(folder)
+    for stale in folder.parent.glob(f".{folder.name}.*.tmp"):  # a crash's half-written (never committed) copy
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     old = tmp.with_suffix(".old")
     try:
@@ -65,3 +79,22 @@ def save_whole_folder(folder: Path, write) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)  # only once the new folder is in place
+
+
+def restore_interrupted_swap(folder: Path) -> None:
+    """A crash between save_whole_folder's two renames leaves no `folder`, the previous one beside it as
+    `.NAME.*.old`: that one is still the folder the rest of the save (vlm.pt) belongs with, so it goes back."""
+    if folder.exists():
+        return
+    set_aside = sorted(folder.parent.glob(f".{folder.name}.*.old"), key=lambda path: path.stat().st_mtime)
+    if set_aside:
+        os.rename(set_aside[-1], folder)
+
+
+def folder_sha256(folder: Path) -> str:
+    """Hash of a folder's files: relative paths and bytes, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(folder)}\0".encode())
+        digest.update(bytes.fromhex(file_sha256(path)))
+    return digest.hexdigest()
