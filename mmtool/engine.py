@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from mmtool import distributed
+from mmtool.checkpoint import atomic_write
 from mmtool.cpu_features import check_precision
 from mmtool.errors import MmtoolError
 from mmtool.nonfinite import HoldableAdamW, HoldableSchedule, any_rank
@@ -132,8 +133,13 @@ class TrainEngine:
         Frozen weights are left out: they never change, the model is rebuilt with them before loading, and a
         frozen LLM would otherwise make every state hundreds of MB (540 MB with SmolLM2-135M)."""
         self.check_finite_weights()
+        # `latest` is written here, atomically, once every rank's files are complete: DeepSpeed's own write
+        # truncates it first, so a kill at that moment would leave no state to resume from.
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state,
-                                    exclude_frozen_parameters=True)
+                                    exclude_frozen_parameters=True, save_latest=False)
+        distributed.barrier()
+        if distributed.is_main():
+            atomic_write(Path(directory) / "latest", lambda tmp: tmp.write_text(tag))
 
     def load_state(self, directory: Path, tag: str | None = None) -> dict:
         """Loads state `tag` (default: the latest) under `directory`; returns the client state saved with it."""

@@ -101,3 +101,41 @@ def test_the_allow_list_holds_plain_classes_only():
     for cls in safe_state.DEEPSPEED_STATE_CLASSES:
         assert cls.__module__.startswith("deepspeed.")
         assert "__reduce__" not in vars(cls) and "__reduce_ex__" not in vars(cls) and "__setstate__" not in vars(cls)
+
+
+class Crash(BaseException):
+    """The process dying: not an Exception, so nothing catches it on the way out."""
+
+
+def test_a_crash_while_latest_is_written_keeps_the_previous_state_loadable(tmp_path, monkeypatch):
+    """Whoever writes state/latest, a crash at its worst moment (DeepSpeed's open(..., 'w') has just emptied it; an
+    atomic write has not renamed yet) leaves it naming the previous complete state."""
+    import builtins
+    import os
+
+    import deepspeed.runtime.engine as deepspeed_engine
+
+    batches = trained_state(tmp_path)  # state/step2, latest = step2
+    engine = make_engine(tmp_path, seed=0)
+    train_steps(engine, batches[:2])
+    real_open, real_replace = builtins.open, os.replace
+
+    def open_then_crash(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if str(file).endswith("latest") and "w" in mode:
+            handle.close()  # truncated, nothing written yet
+            raise Crash()
+        return handle
+
+    def replace_then_crash(src, dst):
+        if str(dst).endswith("latest"):
+            raise Crash()
+        real_replace(src, dst)
+
+    monkeypatch.setattr(deepspeed_engine, "open", open_then_crash, raising=False)
+    monkeypatch.setattr(os, "replace", replace_then_crash)
+    with pytest.raises(Crash):
+        save_rotating_state(engine, tmp_path, 4, {"progress": {"step": 4}}, keep=2)
+    monkeypatch.undo()
+    assert (tmp_path / STATE_DIR / "latest").read_text().strip() == "step2"
+    assert load_latest_state(make_engine(tmp_path, seed=0), tmp_path)["progress"] == {"step": 2}
