@@ -82,12 +82,19 @@ class Step:
     # Where the step records its fingerprint when not in the run's stamps folder: outputs shared by several runs
     # (shards every recipe reads) keep their stamp beside them, so the first run to build them is the only one.
     stamps: Path | None = None
-    # A training command: its --out is this pipeline's own folder, and a stale or cut-short run there is replaced
-    # (--overwrite, added when it runs so that the fingerprint stays the command the user would type).
+    # A training command: its --out is this pipeline's own folder. A run there that this same command started and
+    # that was cut short after saving a state is continued (--resume); any other is replaced (--overwrite). The flag
+    # is added when it runs, so the fingerprint stays the command the user would type.
     trains: bool = False
 
-    def command(self) -> list[str]:
-        return [*self.args, "--overwrite"] if self.trains else self.args
+    def command(self, continues: bool = False) -> list[str]:
+        if not self.trains:
+            return self.args
+        return [*self.args, "--resume" if continues else "--overwrite"]
+
+    def saved_state(self) -> bool:
+        """Its --out holds a resumable state (DeepSpeed's `latest`, written once a state is complete)."""
+        return "--out" in self.args and (Path(self.args[self.args.index("--out") + 1]) / "state" / "latest").is_file()
 
 
 def plan(cfg: PipelineConfig) -> list[Step]:
@@ -186,13 +193,16 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
             runner(step.command())
             rows.append({"step": step.name, "status": "to run", "seconds": 0.0, "result": ""})
             continue
-        print(f"\n== {step.name}: mmtool {' '.join(step.command())}", flush=True)
+        continues = step.trains and recorded.get("started") == fingerprints[step.name] and step.saved_state()
+        print(f"\n== {step.name}: mmtool {' '.join(step.command(continues))}", flush=True)
         if recorded and step.replaces_outputs:
             for folder in step.outputs:
                 shutil.rmtree(folder, ignore_errors=True)
         stamp.unlink(missing_ok=True)  # a step that fails half-way is never taken as done
+        if step.trains:  # until it ends, the stamp names the command that started: a re-run continues it
+            stamp.write_text(json.dumps({"started": fingerprints[step.name]}))
         started = time.perf_counter()
-        runner(step.command())
+        runner(step.command(continues))
         seconds = round(time.perf_counter() - started, 1)
         missing = [str(p) for p in step.outputs if not p.exists()]
         if missing:
