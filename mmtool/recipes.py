@@ -1,8 +1,8 @@
 """The bundled configs ("recipes"): where they are, and which file a `--config` value names.
 
 A checkout (and an editable install) reads the top-level configs/ folder; a wheel ships the same folder inside the
-package as mmtool/configs/ (setup.py). A value names, in this order: a file (absolute, or relative to `base`, the
-current folder unless given), a recipe of the section by name (`tiny_vit` -> configs/clip/tiny_vit.yaml), or a path
+package as mmtool/configs/ (setup.py). A value names, in this order: a file (absolute, or relative to the current
+folder), a recipe of the section by name (`tiny_vit` -> configs/clip/tiny_vit.yaml), or a path
 spelled from the checkout's root (`configs/clip/tiny_vit.yaml`) that the bundled configs hold.
 """
 import difflib
@@ -39,17 +39,16 @@ def find_bundled(value: str | Path, section: str) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def find_config(value: str | Path, section: str, base: Path | None = None) -> Path:
+def find_config(value: str | Path, section: str) -> Path:
     """The config file `value` names; fails with one line listing the section's recipes and the closest one."""
     path = Path(value).expanduser()
-    given = path if path.is_absolute() or base is None else base / path
-    if given.is_file():
-        return given
+    if path.is_file():
+        return path
     bundled = None if path.is_absolute() else find_bundled(value, section)
     if bundled is not None:
         return bundled
     names = recipe_names(section)
     close = difflib.get_close_matches(path.stem, names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise MmtoolError(f"config file not found: {given} (bundled {section} recipes: {', '.join(names) or 'none'}"
+    raise MmtoolError(f"config file not found: {path} (bundled {section} recipes: {', '.join(names) or 'none'}"
                       f"{hint})")
