@@ -7,6 +7,8 @@ import torch
 from stage1_clip.tokenizer import SentencePieceTokenizer
 from stage3_llm.checkpoint import ADAPTER_DIR, save_finetuned
 
+pytestmark = pytest.mark.faults
+
 
 class Crash(Exception):
     pass

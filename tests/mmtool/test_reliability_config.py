@@ -7,6 +7,8 @@ from stage1_clip.config import ClipConfig
 from stage2_projector.config import AlignConfig
 from stage3_llm.config import FinetuneConfig
 
+pytestmark = pytest.mark.faults
+
 STAGES = [ClipConfig, AlignConfig, FinetuneConfig]
 
 

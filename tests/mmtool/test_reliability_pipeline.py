@@ -5,6 +5,8 @@ import pytest
 
 from mmtool.pipeline import Step, run_pipeline
 
+pytestmark = pytest.mark.faults
+
 
 class Killed(BaseException):
     """The pipeline process dying mid-step: nothing after the runner call runs."""

@@ -15,6 +15,8 @@ from mmtool.optim import ParamGroupRule
 from tests.mmtool.test_engine_state import FrozenBackboneModel
 from tests.stage1_clip.test_train_e2e import LAUNCHER_VARIABLES
 
+pytestmark = pytest.mark.faults
+
 DEEPSPEED_CONFIGS = sorted(Path("configs/deepspeed").glob("*.json"))
 
 

@@ -8,6 +8,8 @@ from mmtool.errors import MmtoolError
 from mmtool.train_state import claim_out, save_rotating_state
 from tests.stage1_clip.test_train_e2e import TINY, mmtool, train_losses
 
+pytestmark = pytest.mark.faults
+
 
 class FolderEngine:
     """Writes a state tag as an empty folder, as far as rotation can tell a DeepSpeed one."""

@@ -9,6 +9,8 @@ from mmtool import checkpoint
 from mmtool.checkpoint import load_model, save_model
 from mmtool.errors import MmtoolError
 
+pytestmark = pytest.mark.faults
+
 
 class Crash(BaseException):
     pass

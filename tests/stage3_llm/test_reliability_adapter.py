@@ -14,6 +14,8 @@ from stage3_llm.checkpoint import ADAPTER_DIR, add_lora, load_finetuned, save_fi
 from stage3_llm.config import LoraSettings
 from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_llm
 
+pytestmark = pytest.mark.faults
+
 
 class Crash(BaseException):
     pass

@@ -13,6 +13,8 @@ from tests.helpers.emoji import png
 from tests.helpers.tiny_llm import word_tokenizer
 from tests.stage3_llm.test_conversations import WORDS, record, write
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def dataset(tmp_path):

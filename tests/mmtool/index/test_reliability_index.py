@@ -19,6 +19,8 @@ from mmtool.index import ImageIndex
 from mmtool.index import embed as embed_module
 from mmtool.index.writer_lock import exclusive_writer
 
+pytestmark = pytest.mark.faults
+
 
 class Crash(BaseException):
     """Stands for the process dying: not an Exception, so nothing catches it on the way out."""

@@ -18,6 +18,8 @@ from mmtool.data.reading.sample_stream import parsed_samples
 from mmtool.index import ImageIndex
 from mmtool.index.server import make_server
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture(scope="module")
 def index(emoji_shards, tiny_clip_checkpoint, tmp_path_factory):

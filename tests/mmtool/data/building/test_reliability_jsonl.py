@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from mmtool.cli import app
 from tests.helpers.emoji import png
+
+pytestmark = pytest.mark.faults
 
 BAD_LINES = [
     (b'{"image": "a.png", "caption": ', "invalid JSON"),

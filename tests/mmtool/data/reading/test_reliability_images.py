@@ -10,6 +10,8 @@ from PIL import Image
 
 from mmtool.data.reading.images import BadSample, eval_transform, load_image, open_image
 
+pytestmark = pytest.mark.faults
+
 # Run in a child whose address space is capped a little above what it holds after the imports: the old transform
 # (shorter side up to 224, then crop) asked for ~13 GB here and must fail, not take the test machine down.
 CHILD = textwrap.dedent("""

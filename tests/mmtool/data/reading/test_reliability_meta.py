@@ -8,6 +8,8 @@ from mmtool.data.reading.shard_reader import member_keys, sample_count
 from mmtool.errors import MmtoolError
 from tests.helpers.emoji import write_emoji_shards
 
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def shards(tmp_path):

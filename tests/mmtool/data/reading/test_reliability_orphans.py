@@ -10,6 +10,8 @@ import pytest
 
 from tests.stage1_clip.test_train_e2e import clean_env
 
+pytestmark = pytest.mark.faults
+
 GONE_WITHIN_S = 5.0
 
 
