@@ -141,3 +141,17 @@ def test_a_crash_while_latest_is_written_keeps_the_previous_state_loadable(tmp_p
     monkeypatch.undo()
     assert (tmp_path / STATE_DIR / "latest").read_text().strip() == "step2"
     assert load_latest_state(make_engine(tmp_path, seed=0), tmp_path)["progress"] == {"step": 2}
+
+
+def test_fp16_loss_scalers_load_through_the_allow_list(tmp_path):
+    """fp16 training does not run on this CPU, so its state is built here: the dynamic loss scaler DeepSpeed pickles
+    into fp16 optimizer states loads weights-only with its attributes intact."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+
+    dynamic = DynamicLossScaler(init_scale=2.0 ** 16, scale_window=1000, min_scale=1, delayed_shift=2,
+                                consecutive_hysteresis=False)
+    dynamic.cur_iter, dynamic.last_overflow_iter = 37, 12
+    torch.save({"loss_scaler": dynamic, "static": LossScaler(128), "dynamic_loss_scale": True}, tmp_path / "s.pt")
+    loaded = safe_state.load_state_file(str(tmp_path / "s.pt"))
+    assert type(loaded["loss_scaler"]) is DynamicLossScaler and vars(loaded["loss_scaler"]) == vars(dynamic)
+    assert loaded["static"].cur_scale == 128
