@@ -149,7 +149,8 @@ class TrainEngine:
         # Not strict: the frozen weights are absent from the state by design (see save_state).
         path, client_state = self.engine.load_checkpoint(str(directory), tag=tag, load_module_strict=False)
         if path is None:
-            raise MmtoolError(f"--resume: no DeepSpeed checkpoint under {directory}")
+            raise MmtoolError(f"--resume: no saved state under {directory} (the run stopped before its first state "
+                              "save: pass --overwrite to start it over)")
         return client_state
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:

@@ -68,7 +68,8 @@ def latest_layout(state_dir: Path) -> tuple[str, dict | None]:
     mmtool recorded layouts)."""
     latest = state_dir / "latest"
     if not latest.is_file():
-        raise MmtoolError(f"--resume: no DeepSpeed checkpoint under {state_dir}")
+        raise MmtoolError(f"--resume: no saved state under {state_dir} (the run stopped before its first state "
+                              "save: pass --overwrite to start it over)")
     tag = latest.read_text().strip()
     layout = state_dir / tag / LAYOUT_FILE
     return tag, json.loads(layout.read_text()) if layout.is_file() else None

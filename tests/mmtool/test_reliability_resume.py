@@ -155,3 +155,11 @@ def test_fp16_loss_scalers_load_through_the_allow_list(tmp_path):
     loaded = safe_state.load_state_file(str(tmp_path / "s.pt"))
     assert type(loaded["loss_scaler"]) is DynamicLossScaler and vars(loaded["loss_scaler"]) == vars(dynamic)
     assert loaded["static"].cur_scale == 128
+
+
+def test_resume_of_a_run_killed_before_its_first_save_says_how_to_start_over(tmp_path):
+    from mmtool.world_resize import latest_layout
+
+    with pytest.raises(MmtoolError, match=r"^--resume: no saved state under .*state \(the run stopped before its "
+                                          r"first state save: pass --overwrite to start it over\)$"):
+        latest_layout(tmp_path / STATE_DIR)
