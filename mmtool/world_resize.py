@@ -69,7 +69,7 @@ def latest_layout(state_dir: Path) -> tuple[str, dict | None]:
     latest = state_dir / "latest"
     if not latest.is_file():
         raise MmtoolError(f"--resume: no saved state under {state_dir} (the run stopped before its first state "
-                              "save: pass --overwrite to start it over)")
+                          "save: pass --overwrite to start it over)")
     tag = latest.read_text().strip()
     layout = state_dir / tag / LAYOUT_FILE
     return tag, json.loads(layout.read_text()) if layout.is_file() else None
