@@ -81,6 +81,7 @@ class ImageIndex:
         with exclusive_writer(out):
             if (out / "index.json").exists():
                 raise MmtoolError(f"--out {out}: another build wrote an index here meanwhile")
+            remove_stale_temporaries(out)
             report = index._append(source, batch_size, progress, save_every)
         if not index.items:
             raise MmtoolError(f"SOURCE {source}: no readable image "
@@ -96,6 +97,7 @@ class ImageIndex:
             self._encoder = self._checked(load_encoder(model), model)
         with exclusive_writer(self.folder):
             self._reload_if_changed()
+            remove_stale_temporaries(self.folder)
             return self._append(source, batch_size, progress, save_every)
 
     def _reload_if_changed(self) -> None:
@@ -214,6 +216,15 @@ class ImageIndex:
         scores, ids = self.vectors.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.items)))
         return [[Hit(rank + 1, float(score), **self.items[i]) for rank, (score, i) in enumerate(zip(row_s, row_i))
                  if i >= 0] for row_s, row_i in zip(scores, ids)]
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """What a killed writer left: temporary files of atomic writes (index.json, thumbnails). Called by the one
+    writer holding the lock; uncommitted version folders go at its first save."""
+    for parent in (folder, folder / "thumbs"):
+        if parent.is_dir():
+            for stale in parent.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
 
 
 def _read_meta(folder: Path) -> dict:

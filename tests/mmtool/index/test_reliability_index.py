@@ -177,3 +177,16 @@ def test_bad_jsonl_lines_are_reported_and_counted_not_fatal(image_folders, tiny_
     errors = capsys.readouterr().err.splitlines()
     assert f"{tmp_path / 'list.jsonl'}:1: not UTF-8 text (byte 0xe9 at column 35)" in errors
     assert any(line.startswith(f"{tmp_path / 'list.jsonl'}:3: invalid JSON") for line in errors)
+
+
+def test_a_writer_removes_what_a_killed_writer_left(image_folders, tiny_clip_checkpoint, tmp_path):
+    out = tmp_path / "index"
+    build_small(image_folders, tiny_clip_checkpoint, out)
+    left = [out / ".index.json.k1ll3d.tmp", out / "thumbs" / f".{'0' * 64}.jpg.k1ll3d.tmp", out / "v000099"]
+    left[0].write_text("{")
+    left[1].write_bytes(b"\xff\xd8 half")
+    left[2].mkdir()
+    (left[2] / "vectors.faiss").write_bytes(b"half")
+    ImageIndex.open(out).add(str(image_folders[1]), progress=False)
+    assert not any(path.exists() for path in left)
+    assert len(ImageIndex.open(out).items) == 16
