@@ -5,6 +5,7 @@ import io
 import json
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,50 @@ def test_an_empty_tar_reads_as_no_sample(tmp_path):
         pass
     skipped = Counter()
     assert list(parsed_samples([str(tmp_path / "train-000000.tar")], skipped)) == [] and not skipped
+
+
+def test_index_build_reads_every_valid_image_and_counts_every_bad_one(tiny_clip_checkpoint, tmp_path):
+    from mmtool.index import ImageIndex
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, (make, _) in {**VALID, **BAD}.items():
+        extension = "jpg" if "jpeg" in name else "webp" if name == "webp" else "png"
+        (folder / f"{name}.{extension}").write_bytes(make())
+    index, report = ImageIndex.build(str(folder), tiny_clip_checkpoint, tmp_path / "index", progress=False)
+    assert sorted(Path(item["path"]).stem for item in index.items) == sorted(VALID)
+    assert report.skipped() == Counter(reason for _, reason in BAD.values())
+
+
+def test_serve_answers_every_valid_query_image_and_refuses_every_bad_one(tiny_clip_checkpoint, tmp_path):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from mmtool.index import ImageIndex
+    from mmtool.index.server import make_server
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "one.png").write_bytes(encoded(red_rgb(), "PNG"))
+    index, _ = ImageIndex.build(str(folder), tiny_clip_checkpoint, tmp_path / "index", progress=False)
+    server = make_server(index, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/search-image?k=1"
+    try:
+        for name, (make, outcome) in {**VALID, **BAD}.items():
+            data = make()
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data=data or b"x"), timeout=30) as answer:
+                    status, body = answer.status, json.loads(answer.read())
+            except urllib.error.HTTPError as err:
+                status, body = err.code, json.loads(err.read())
+            if name in VALID:
+                assert status == 200 and len(body) == 1, name
+            elif data:
+                assert status == 400 and body["error"].startswith(f"query image: {outcome}"), (name, body)
+            else:  # an empty upload is refused by its Content-Length
+                assert status == 400, name
+    finally:
+        server.shutdown()
+        server.server_close()
