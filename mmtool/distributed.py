@@ -28,9 +28,30 @@ def init_distributed() -> None:
         # The shared-memory comm op compiles for ~30 s at every start; gloo does the job on CPU.
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if _restarted_with_agent_store():
+            _init_attempt_group(backend)
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def _restarted_with_agent_store() -> bool:
+    return (int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+            and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True")
+
+
+def _init_attempt_group(backend: str) -> None:
+    """The process group of a run restarted by torchrun's agent, on a store prefix of its own: the agent's store
+    outlives a restart, and the default prefix would hand the new processes the dead ones' addresses."""
+    from datetime import timedelta
+
+    attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+    world = int(os.environ["WORLD_SIZE"])
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=False, timeout=timedelta(minutes=10))
+    torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(f"attempt{attempt}", store),
+                                         rank=int(os.environ["RANK"]), world_size=world)
 
 
 def rank() -> int:

@@ -18,7 +18,7 @@ from mmtool.run_log import RunLog, ThroughputWindow
 from mmtool.run_plot import plot_run_if_possible
 from mmtool.train_cadence import Cadence, steps_per_epoch
 from mmtool.train_config import TrainSettings
-from mmtool.train_state import STATE_DIR, save_rotating_state
+from mmtool.train_state import STATE_DIR, resuming, save_rotating_state
 from mmtool.world_resize import load_resumed, resume_source, run_accum
 
 
@@ -78,7 +78,7 @@ def start_run(settings: TrainSettings, batch_size: int, out: Path, resume: bool)
     """Before a stage builds its model: process group, threads, the seed its initial weights come from, and
     settings.accum_steps for this number of ranks (from train.global_batch, or the resumed run's global batch)."""
     distributed.init_distributed()
-    settings.accum_steps = run_accum(settings, batch_size, out / STATE_DIR if resume else None)
+    settings.accum_steps = run_accum(settings, batch_size, out / STATE_DIR if resuming(out, resume) else None)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
@@ -88,7 +88,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     """Trains `stage`, writes config.json, metrics, training states and the stage's checkpoint under `out`;
     returns the last val metrics."""
     distributed.init_distributed()
-    world, accum = distributed.world_size(), settings.accum_steps
+    world, accum, resume = distributed.world_size(), settings.accum_steps, resuming(out, resume)
     per_epoch = steps_per_epoch(stage.samples, batch_size, accum, world)
     total_steps = settings.max_steps or settings.epochs * per_epoch
     source = resume_source(out / STATE_DIR, world, settings.deepspeed) if resume else None

@@ -17,13 +17,24 @@ RUN_FILES = (*RUN_MARKERS, "tensorboard", "eval.json", "tokenizer.model", "clip.
              "vlm.safetensors", "adapter")
 
 
+def restarted_by_agent() -> bool:
+    """torchrun's agent restarted this run's processes after one of them failed (--max-restarts)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def resuming(out: Path, resume: bool) -> bool:
+    """--resume, or a restart by torchrun's agent after the run saved a state: it continues from that state."""
+    return resume or (restarted_by_agent() and (out / STATE_DIR / "latest").is_file())
+
+
 def claim_out(out: Path, resume: bool, overwrite: bool) -> None:
     """Before a run writes anything: a folder holding another run is refused unless the run continues it
-    (--resume) or replaces it (--overwrite: that run's files are removed, the folder's other files kept)."""
+    (--resume, or a restart by torchrun's agent: the folder is this run's) or replaces it (--overwrite: that run's
+    files are removed, the folder's other files kept)."""
     if resume and overwrite:
         raise MmtoolError("--resume and --overwrite exclude each other: continue the run in --out, or start over")
     held = [name for name in RUN_MARKERS if (out / name).exists()]
-    if resume or not held:
+    if resume or not held or restarted_by_agent():
         return
     if not overwrite:
         raise MmtoolError(f"--out {out} already holds a run ({', '.join(held)}): pass --resume to continue it or "
