@@ -6,7 +6,8 @@
     GET  /thumb/SHA256.jpg      a thumbnail
 
 Every request gets an answer: errors are JSON `{"error": ...}` with a 4xx status, and an unexpected exception a
-500 (its traceback goes to the console, not to the client). Idle sockets time out. Bound to loopback, only requests
+500 (its traceback goes to the console, not to the client). Idle sockets time out, and connections past
+MAX_CONNECTIONS get a 503 at once. Bound to loopback, only requests
 whose Host names loopback are answered (a web page cannot reach the server through DNS rebinding); with a token,
 every request must carry it (`Authorization: Bearer`, `?token=`, or the cookie the page sets).
 """
@@ -17,6 +18,7 @@ import re
 import sys
 import threading
 import traceback
+from contextlib import suppress
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from http.cookies import CookieError, SimpleCookie
@@ -29,7 +31,11 @@ THUMB = re.compile(r"/thumb/([0-9a-f]{64})\.jpg")
 MAX_UPLOAD = 20 * 1024 * 1024
 DEFAULT_K = 24
 SOCKET_TIMEOUT = 30.0  # seconds a connection may sit idle mid-request
+MAX_CONNECTIONS = 64  # connections served at once (a thread each)
 TOKEN_COOKIE = "mmtool_token"
+_BUSY = json.dumps({"error": "server busy: too many connections, retry shortly"}).encode()
+BUSY_ANSWER = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+               f"Content-Length: {len(_BUSY)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode() + _BUSY
 LOOPBACK_NAMES = {"localhost"}
 
 
@@ -56,12 +62,32 @@ def host_name(header: str) -> str:
 
 
 class IndexServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` at once: past that a connection is answered 503 at
+    once, so slow or idle clients cannot pile up threads."""
     daemon_threads = True  # a stuck connection never blocks shutdown
     request_queue_size = 128  # the listen backlog: bursts of clients wait instead of being refused
 
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            with suppress(OSError):
+                request.sendall(BUSY_ANSWER)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
 
 def make_server(index, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-                socket_timeout: float = SOCKET_TIMEOUT) -> IndexServer:
+                socket_timeout: float = SOCKET_TIMEOUT, max_connections: int = MAX_CONNECTIONS) -> IndexServer:
     """A server bound to host:port (port 0 picks a free one: read server.server_address)."""
     search_lock = threading.Lock()  # one query at a time through the model: CPU threads are already all in use
     page = PAGE_HTML.replace("__COUNT__", str(len(index.items))).replace("__K__", str(DEFAULT_K))
@@ -188,4 +214,4 @@ def make_server(index, host: str = "127.0.0.1", port: int = 8000, token: str | N
                 raise RequestError(HTTPStatus.BAD_REQUEST, f"body ended after {len(body)} of {declared} bytes")
             return body
 
-    return IndexServer((host, port), Handler)
+    return IndexServer((host, port), Handler, max_connections)

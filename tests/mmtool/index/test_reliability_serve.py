@@ -159,3 +159,18 @@ def test_200_mixed_requests_from_8_threads_drop_nothing(index, query_images):
     assert report["dropped"] == 0, report
     assert report["answered"] == 200 and set(report["statuses"]) <= {200, 400, 404, 411, 501}, report
     assert report["statuses"][200] > 100  # the well-formed majority answered with hits
+
+
+def test_connections_beyond_the_limit_get_503_and_the_server_recovers(index):
+    with Serving(index, max_connections=2, socket_timeout=5) as serving:
+        idle = [socket.create_connection(("127.0.0.1", serving.port), timeout=10) for _ in range(2)]
+        for conn in idle:
+            conn.sendall(b"GET / HTTP/1.1\r\n")  # holding their slot, mid-request
+        time.sleep(0.2)
+        assert_json_error(serving.raw(get("/")), 503, "busy")
+        for conn in idle:
+            conn.close()
+        deadline = time.monotonic() + 5
+        while serving.raw(get("/"))[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
