@@ -7,9 +7,9 @@
 
 Every request gets an answer: errors are JSON `{"error": ...}` with a 4xx status, and an unexpected exception a
 500 (its traceback goes to the console, not to the client). Idle sockets time out, and connections past
-MAX_CONNECTIONS get a 503 at once. Bound to loopback, only requests
-whose Host names loopback are answered (a web page cannot reach the server through DNS rebinding); with a token,
-every request must carry it (`Authorization: Bearer`, `?token=`, or the cookie the page sets).
+MAX_CONNECTIONS get a 503 at once. Bound to loopback, only requests whose Host names loopback are answered (a web
+page cannot reach the server through DNS rebinding); with a token, every request must carry it
+(`Authorization: Bearer`, `?token=`, or the cookie the page sets).
 """
 import hmac
 import ipaddress
