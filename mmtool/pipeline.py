@@ -10,7 +10,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Annotated
 
 from mmtool.config import FilePath, NameOrPath, PathField
 from mmtool.errors import MmtoolError
+from mmtool.pipeline_launch import LauncherSpec, check_launcher, process_command
 
 
 @dataclass
@@ -29,8 +29,10 @@ class EmojiDataSpec:
 
 @dataclass
 class StageSpec:
-    """A stage's config (a file, or a bundled recipe by name) and `--set` overrides for that stage only."""
+    """A stage's config (a file, or a bundled recipe by name), `--set` overrides for that stage only, and the
+    launcher that starts its processes (mmtool/pipeline_launch.py)."""
     set: list[str] = field(default_factory=list)
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class Step:
     # that was cut short after saving a state is continued (--resume); any other is replaced (--overwrite). The flag
     # is added when it runs, so the fingerprint stays the command the user would type.
     trains: bool = False
+    launcher: LauncherSpec | None = None  # how its processes start; part of the fingerprint
 
     def command(self, continues: bool = False) -> list[str]:
         if not self.trains:
@@ -107,9 +110,12 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     emoji_args = ["data", "emoji", "--out", str(data), "--styles", cfg.emoji.styles]
     emoji_args += ["--eval-style", cfg.emoji.eval_style] if cfg.emoji.eval_style else []
     steps = [Step("emoji-shards", emoji_args, [data / "meta.json"])]
+    for name in ("clip", "align", "finetune"):
+        check_launcher(getattr(cfg, name).launcher, name)
     steps.append(Step("pretrain-clip", ["pretrain-clip", "--config", cfg.clip.config, "--out", str(clip),
                                         *_sets(cfg.clip.set)],
-                      [clip / "clip.pt"], [Path(cfg.clip.config)], ["emoji-shards"], trains=True))
+                      [clip / "clip.pt"], [Path(cfg.clip.config)], ["emoji-shards"], trains=True,
+                      launcher=cfg.clip.launcher))
     for split in eval_splits:
         steps.append(Step(f"eval-clip:{split}", ["eval-clip", "--clip", str(clip / "clip.pt"), "--data", shards(split),
                                                   "--out-json", str(clip / f"eval_{split}.json")],
@@ -125,14 +131,16 @@ def plan(cfg: PipelineConfig) -> list[Step]:
                                 "--config", cfg.align.config, "--out", str(align),
                                 *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
                                         *cfg.align.set])],
-                      [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"], trains=True))
+                      [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"], trains=True,
+                      launcher=cfg.align.launcher))
     instruct_shards = str(data / ("{" + ",".join(["train", *eval_splits]) + "}-*.tar"))
     steps.append(Step("instructions", ["data", "instructions", "--data", instruct_shards, "--out", str(instruct)],
                       [instruct / "train.json", instruct / "val.json"], after=["emoji-shards"]))
     steps.append(Step("finetune", ["finetune", "--model", str(align), "--data", str(instruct / "train.json"),
                                    "--config", cfg.finetune.config, "--out", str(llava),
                                    *_sets([f"data.val={instruct / 'val.json'}", *cfg.finetune.set])],
-                      [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"], trains=True))
+                      [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"], trains=True,
+                      launcher=cfg.finetune.launcher))
     for split in eval_splits:  # each with its majority, blind and tower baselines
         steps.append(Step(f"eval-llava:{split}",
                           ["eval-llava", "--model", str(llava), "--data", str(instruct / f"{split}.json"),
@@ -159,6 +167,8 @@ def _sets(pairs: list[str]) -> list[str]:
 
 def fingerprint(step: Step, upstream: dict[str, str]) -> str:
     digest = hashlib.sha256(json.dumps(step.args).encode())
+    if step.launcher and step.launcher.kind != "none":  # more processes can mean another global batch
+        digest.update(json.dumps([step.launcher.kind, step.launcher.args]).encode())
     for path in step.configs:
         if not path.is_file():
             raise MmtoolError(f"step {step.name}: config file not found: {path}")
@@ -175,7 +185,6 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
     `runner(args)` runs one mmtool command (default: a subprocess); a failing step stops the pipeline with the
     steps before it kept, so a re-run continues where it stopped. record=False (a dry run) writes no stamps.
     """
-    runner = runner or _run_mmtool
     fingerprints, rerun, rows = {}, set(), []
     for step in steps:
         fingerprints[step.name] = fingerprint(step, fingerprints)
@@ -189,12 +198,14 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
                          "result": headline(step.metrics)})
             continue
         rerun.add(step.name)  # what reads this step's outputs must be redone too
+        run = runner or (lambda args, launcher=step.launcher: _run_mmtool(args, launcher))
         if not record:
-            runner(step.command())
+            run(step.command())
             rows.append({"step": step.name, "status": "to run", "seconds": 0.0, "result": ""})
             continue
         continues = step.trains and recorded.get("started") == fingerprints[step.name] and step.saved_state()
-        print(f"\n== {step.name}: mmtool {' '.join(step.command(continues))}", flush=True)
+        shown = process_command(step.launcher, step.command(continues))[1:]
+        print(f"\n== {step.name}: python {' '.join(shown)}", flush=True)
         if recorded and step.replaces_outputs:
             for folder in step.outputs:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -202,7 +213,7 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
         if step.trains:  # until it ends, the stamp names the command that started: a re-run continues it
             stamp.write_text(json.dumps({"started": fingerprints[step.name]}))
         started = time.perf_counter()
-        runner(step.command(continues))
+        run(step.command(continues))
         seconds = round(time.perf_counter() - started, 1)
         missing = [str(p) for p in step.outputs if not p.exists()]
         if missing:
@@ -212,8 +223,8 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
     return rows
 
 
-def _run_mmtool(args: list[str]) -> None:
-    done = subprocess.run([sys.executable, "-m", "mmtool", *args])
+def _run_mmtool(args: list[str], launcher: LauncherSpec | None = None) -> None:
+    done = subprocess.run(process_command(launcher, args))
     if done.returncode != 0:
         raise MmtoolError(f"`mmtool {' '.join(args)}` failed (exit {done.returncode}); fix it and re-run the "
                           "pipeline: finished steps are kept")
