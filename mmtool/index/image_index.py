@@ -33,6 +33,7 @@ FORMAT = "mmtool.image_index/2"
 FLAT_FORMAT = "mmtool.image_index/1"  # older: vectors and records beside index.json, replaced one by one
 VERSION_FOLDER = re.compile(r"v\d{6}")
 SAVE_EVERY = 1000  # images between saves while embedding: a crash loses at most this many
+OPEN_ATTEMPTS = 5  # a reader racing a writer that commits and removes versions reads the manifest again
 INDEX_TYPES = ("flat", "hnsw")
 HNSW_NEIGHBOURS = 32  # graph degree M: recall vs memory
 HNSW_EF_SEARCH = 128  # candidates visited per query: recall vs latency
@@ -156,7 +157,7 @@ class ImageIndex:
     def open(cls, folder: str | Path, model: str | Path | None = None) -> "ImageIndex":
         """`model` (checkpoint or export folder) embeds the queries; by default the one the index was built with."""
         folder = Path(folder)
-        for attempt in range(3):
+        for attempt in range(OPEN_ATTEMPTS):
             meta = _read_meta(folder)
             data = folder / meta["data"] if meta["format"] == FORMAT else folder
             try:
@@ -164,7 +165,7 @@ class ImageIndex:
                 text = (data / "items.jsonl").read_text(encoding="utf-8")
                 break
             except (RuntimeError, OSError):
-                if attempt == 2 or _read_meta(folder) == meta:  # not a writer's commit in between: broken
+                if attempt == OPEN_ATTEMPTS - 1 or _read_meta(folder) == meta:  # no commit in between: broken
                     raise MmtoolError(f"{data}: vectors or records missing or unreadable") from None
         items = [json.loads(line) for line in text.splitlines()]
         if not vectors.ntotal == len(items) == meta["count"]:

@@ -190,3 +190,25 @@ def test_a_writer_removes_what_a_killed_writer_left(image_folders, tiny_clip_che
     ImageIndex.open(out).add(str(image_folders[1]), progress=False)
     assert not any(path.exists() for path in left)
     assert len(ImageIndex.open(out).items) == 16
+
+
+def test_readers_opening_during_saves_always_get_a_whole_index(image_folders, tiny_clip_checkpoint, tmp_path):
+    """open() while a writer commits version after version (and removes the old ones): always a consistent index,
+    never an error, and never an older one than the reader saw before."""
+    import threading
+
+    out = tmp_path / "index"
+    build_small(image_folders, tiny_clip_checkpoint, out)
+    writer = threading.Thread(target=lambda: ImageIndex.open(out).add(str(image_folders[1]), batch_size=1,
+                                                                      save_every=1, progress=False))
+    seen, errors = [], []
+    writer.start()
+    while writer.is_alive():
+        try:
+            index = ImageIndex.open(out)
+            assert len(index.items) == index.vectors.ntotal
+            seen.append(len(index.items))
+        except Exception as err:  # noqa: BLE001 -- collected: the assertion below names it
+            errors.append(repr(err))
+    writer.join()
+    assert not errors and seen == sorted(seen) and len(ImageIndex.open(out).items) == 16, (errors, seen)
