@@ -1,5 +1,6 @@
 """What a user watches during long work: a progress bar, plus metrics in JSONL and TensorBoard."""
 import json
+import os
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ class RunLog:
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
+        drop_cut_last_line(out_dir / "metrics.jsonl")
         self.jsonl = open(out_dir / "metrics.jsonl", "a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -78,3 +80,14 @@ def _short(value):
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
     return value
+
+
+def drop_cut_last_line(path: Path) -> None:
+    """A crash can leave the last record without its newline: cut it off, or the next record would be glued to it."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) != b"\n":
+            handle.seek(0)
+            handle.truncate(handle.read().rfind(b"\n") + 1)
