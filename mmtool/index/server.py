@@ -31,7 +31,7 @@ THUMB = re.compile(r"/thumb/([0-9a-f]{64})\.jpg")
 MAX_UPLOAD = 20 * 1024 * 1024
 DEFAULT_K = 24
 SOCKET_TIMEOUT = 30.0  # seconds a connection may sit idle mid-request
-MAX_CONNECTIONS = 64  # connections served at once (a thread each)
+MAX_CONNECTIONS = 256  # connections served at once (a thread each); queries still run one at a time
 TOKEN_COOKIE = "mmtool_token"
 _BUSY = json.dumps({"error": "server busy: too many connections, retry shortly"}).encode()
 BUSY_ANSWER = (f"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
