@@ -48,7 +48,7 @@ def any_rank(flag: torch.Tensor) -> bool:
 
 def count_nonfinite(engine, progress, limit: int, log) -> None:
     """After a step: the engine held back its update when the loss was non-finite on some rank; `limit` such steps
-    in a row stop the run. Counts into `progress` (the loop's Progress), reports through `log` (a RunLog)."""
+    in a row stop the run. Counts into `progress` (mmtool.train_state.Progress), reports through `log` (a RunLog)."""
     if not engine.update_skipped:
         progress.nonfinite_in_a_row = 0
         return

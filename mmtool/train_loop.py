@@ -18,7 +18,7 @@ from mmtool.run_log import RunLog, ThroughputWindow
 from mmtool.run_plot import plot_run_if_possible
 from mmtool.train_cadence import Cadence, steps_per_epoch
 from mmtool.train_config import TrainSettings
-from mmtool.train_state import STATE_DIR, resuming, save_rotating_state
+from mmtool.train_state import STATE_DIR, Progress, resuming, save_rotating_state
 from mmtool.world_resize import load_resumed, resume_source, run_accum
 
 
@@ -53,7 +53,7 @@ class Stage:
         """Writes the stage's checkpoint from the gathered float32 weights (rank 0 only); returns its path."""
         raise NotImplementedError
 
-    def refresh(self, engine: TrainEngine, progress: "Progress", log: RunLog) -> bool:
+    def refresh(self, engine: TrainEngine, progress: Progress, log: RunLog) -> bool:
         """Called before training and after each step; True when the rest of the epoch's batches changed."""
         return False
 
@@ -63,15 +63,6 @@ class Stage:
 
     def load_state(self, client_state: dict) -> None:
         pass
-
-
-@dataclass
-class Progress:
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0  # optimizer steps done in this epoch
-    nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in all
-    nonfinite_in_a_row: int = 0
 
 
 def start_run(settings: TrainSettings, batch_size: int, out: Path, resume: bool) -> None:

@@ -2,6 +2,7 @@
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from mmtool import distributed
@@ -15,6 +16,16 @@ STATE_TAG = re.compile(r"step(\d+)")
 RUN_MARKERS = ("config.json", STATE_DIR, "metrics.jsonl")
 RUN_FILES = (*RUN_MARKERS, "tensorboard", "eval.json", "tokenizer.model", "clip.pt", "clip.safetensors", "vlm.pt",
              "vlm.safetensors", "adapter")
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in every training state (as "progress") so --resume continues from there."""
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # optimizer steps done in this epoch
+    nonfinite_steps: int = 0  # steps skipped for a non-finite loss, in all
+    nonfinite_in_a_row: int = 0
 
 
 def restarted_by_agent() -> bool:
