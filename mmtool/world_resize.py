@@ -87,6 +87,11 @@ def resume_source(state_dir: Path, world: int, deepspeed_config: str) -> ResumeS
     (every rank calls this; rank 0 converts)."""
     tag, saved = latest_layout(state_dir)
     zero_stage = load_deepspeed_config(deepspeed_config).get("zero_optimization", {}).get("stage", 0)
+    if saved is None and zero_stage > 0:  # saved before layouts were recorded: DeepSpeed's files say the ranks
+        ranks = len(list((state_dir / tag).glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+        if ranks and ranks != world:
+            raise MmtoolError(f"--resume: {state_dir / tag} was saved on {ranks} ranks by an mmtool that did not "
+                              f"record its global batch: resume it on {ranks} ranks")
     if saved is None or saved["world"] == world or zero_stage == 0:  # ZeRO-0 states hold the whole optimizer
         return ResumeSource(state_dir, tag, universal=False)
     converted = state_dir / UNIVERSAL_DIR

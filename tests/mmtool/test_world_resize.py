@@ -2,7 +2,7 @@
 import pytest
 
 from mmtool.errors import MmtoolError
-from mmtool.world_resize import latest_layout, resolve_accum, write_layout
+from mmtool.world_resize import latest_layout, resolve_accum, resume_source, write_layout
 
 
 def test_accumulation_follows_the_global_batch():
@@ -44,3 +44,14 @@ def test_the_layout_is_read_back_from_the_latest_state(tmp_path):
     assert latest_layout(tmp_path) == ("step4", {"world": 2, "batch_size": 12, "accum_steps": 1})
     with pytest.raises(MmtoolError, match="no saved state"):
         latest_layout(tmp_path / "nothing")
+
+
+def test_a_state_without_its_layout_resumes_only_on_its_own_ranks(tmp_path):
+    tag = tmp_path / "step3"
+    tag.mkdir()
+    (tmp_path / "latest").write_text("step3")
+    for rank in range(2):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert not resume_source(tmp_path, 2, "configs/deepspeed/zero2_bf16.json").universal
+    with pytest.raises(MmtoolError, match="was saved on 2 ranks by an mmtool that did not record its global batch"):
+        resume_source(tmp_path, 1, "configs/deepspeed/zero2_bf16.json")
