@@ -26,16 +26,16 @@ from stage3_llm.training_data import finetune_datasets
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
     """Trains on cfg.data.train and writes out/vlm.pt (+ out/adapter/); returns the last val metrics."""
-    start_run(cfg.train, cfg.data.batch_size, out, resume)  # LoRA's initial weights: the same on every rank
     if not cfg.model.base:
         raise MmtoolError("model.base: give the aligned checkpoint (--model ckpt/align)")
     base_file = resolve_model_file(cfg.model.base)
     if not base_file.is_file():
         raise MmtoolError(f"--model {cfg.model.base}: no {base_file.name} there (run mmtool align first)")
     base_sha = file_sha256(base_file)
-    out.mkdir(parents=True, exist_ok=True)
-    if resume:
+    if resume:  # before start_run, which asks for a saved state: a run from another base is the clearer error
         check_resume_base(out, base_sha)
+    start_run(cfg.train, cfg.data.batch_size, out, resume)  # LoRA's initial weights: the same on every rank
+    out.mkdir(parents=True, exist_ok=True)
     bundle = load_finetuned(base_file, cfg.model.llm, trainable=cfg.model.lora.enabled)
     continues_adapter = bool(bundle.record.get("finetune", {}).get("lora"))  # keep training its adapter
     if cfg.model.lora.enabled and not continues_adapter:
