@@ -138,11 +138,14 @@ def data_instructions(
     = "what,group,describe,yesno,multi",
     seed: Annotated[int, typer.Option(help="Seed for question choice and yes/no premises")] = 0,
     shards: Annotated[Optional[str], typer.Option("--shards", hidden=True)] = None,  # before --data
+    variants_per_family: Annotated[int, typer.Option(
+        help="Names kept per concept family (skin-tone/gender variants of one concept); 0 = all")] = 1,
 ):
     """LLaVA-format instruction conversations from emoji shards' metadata, one JSON per shard split."""
     from mmtool.data.building.instructions import build_instructions
 
-    report = build_instructions(required(one_of(data, shards, "--data"), "--data"), out, tasks=tasks, seed=seed)
+    report = build_instructions(required(one_of(data, shards, "--data"), "--data"), out, tasks=tasks, seed=seed,
+                                variants_per_family=variants_per_family or None)
     print(json.dumps(report, indent=2))
     print_skips(report["skipped"], sum(split["images"] for split in report["splits"].values()))
 

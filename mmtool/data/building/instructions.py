@@ -1,13 +1,18 @@
 """Instruction data (LLaVA conversation JSON) generated from the emoji shards' metadata.
 
-Every image of the shards gets one conversation per task:
+Every kept image of the shards gets one conversation per task:
 - `what`: "What is this?" -> the emoji's name;
 - `group`: "Which emoji group does this belong to?" -> its Unicode group;
 - `describe`: "Describe this image." -> name, group, subgroup and keywords in a sentence;
-- `yesno`: "Is this <name>?" / "Does this belong to the <group> group?" -> "Yes." or "No."; true and false premises
-  are balanced exactly (half of each split's yes/no conversations, assigned by a seeded permutation), and a false
-  premise names another concept (a different base emoji) of the same split;
-- `multi`: three turns in one conversation (what, group, a yes/no question).
+- `yesno`: a premise about the image's own name ("Is this <name>?") or group ("Does this belong to the <group>
+  group?"), asked twice: of this image (-> "Yes.") and of a partner image (-> "No."): for a name, another concept
+  family of the same group, for a group, an image of another group. Every question text is answered "Yes." as
+  often as "No.", so the question alone gives a blind model 50% and nothing more: only the image tells;
+- `multi`: three turns in one conversation (what, group, a yes/no question; premises true for a seeded half,
+  a false one names a concept family of the same group).
+
+Concept balance: `variants_per_family` keeps that many names of each family (skin-tone and gender variants of
+one concept, mmtool/data/emoji_families.py); without it People & Body holds over half of the images.
 
 Splits follow the shards: `train-*.tar` -> train.json, `val-*.tar` -> val.json (its concepts never appear in train:
 the held-out set), `heldout_*` likewise. Images are written out as files (`images/<key>.png`, referenced relative
@@ -21,6 +26,7 @@ import numpy as np
 
 from mmtool.checkpoint import atomic_write
 from mmtool.data.building.emoji import readable_name
+from mmtool.data.building.emoji_families import family_of, kept_names
 from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng
 from mmtool.data.reading.shard_reader import shard_name
@@ -33,8 +39,10 @@ GROUP_QUESTION = "Which emoji group does this belong to?"
 DESCRIBE_QUESTION = "Describe this image."
 
 
-def build_instructions(shards: str, out: Path, tasks: str = ",".join(TASKS), seed: int = 0) -> dict:
-    """Writes out/<split>.json and out/images/; returns conversation counts per split and task."""
+def build_instructions(shards: str, out: Path, tasks: str = ",".join(TASKS), seed: int = 0,
+                       variants_per_family: int | None = 1) -> dict:
+    """Writes out/<split>.json and out/images/; returns conversation counts per split and task.
+    `variants_per_family`: names kept per concept family in every split (None: all)."""
     wanted = parse_tasks(tasks)
     skipped = Counter()
     by_split = defaultdict(list)  # split -> [(key, meta, png)]
@@ -46,6 +54,12 @@ def build_instructions(shards: str, out: Path, tasks: str = ",".join(TASKS), see
             by_split[split_of(url)].append((sample.key, sample.meta, sample.image))
     if not by_split:
         raise MmtoolError(f"no samples in {shards}")
+    if variants_per_family is not None:
+        if variants_per_family < 1:
+            raise MmtoolError(f"--variants-per-family {variants_per_family}: must be >= 1")
+        kept = kept_names({meta["name"] for samples in by_split.values() for _, meta, _ in samples},
+                          variants_per_family)
+        by_split = {split: [s for s in samples if s[1]["name"] in kept] for split, samples in by_split.items()}
     images = out / IMAGE_DIR
     images.mkdir(parents=True, exist_ok=True)
     counts = {}
@@ -72,22 +86,40 @@ def split_of(url: str) -> str:
     return shard_name(url).rsplit("-", 1)[0]
 
 
+class SplitIndex:
+    """A split's samples by group and concept family: where yes/no partners and distractors come from."""
+
+    def __init__(self, samples: list[tuple[str, dict, bytes]]):
+        self.metas = [meta for _, meta, _ in samples]
+        self.families = [family_of(meta["name"]) for meta in self.metas]
+        self.groups = sorted({meta["group"] for meta in self.metas})
+        self.by_group = defaultdict(list)
+        for index, meta in enumerate(self.metas):
+            self.by_group[meta["group"]].append(index)
+
+    def name_partner(self, index: int, rng: np.random.Generator) -> int | None:
+        """Another family's sample, of the same group when there is one: an image the name is false of."""
+        same_group = [i for i in self.by_group[self.metas[index]["group"]] if self.families[i] != self.families[index]]
+        pool = same_group or [i for i in range(len(self.metas)) if self.families[i] != self.families[index]]
+        return pool[int(rng.integers(len(pool)))] if pool else None
+
+    def group_partner(self, index: int, rng: np.random.Generator) -> int | None:
+        """A sample of another group: an image the group is false of."""
+        pool = [i for i in range(len(self.metas)) if self.metas[i]["group"] != self.metas[index]["group"]]
+        return pool[int(rng.integers(len(pool)))] if pool else None
+
+
 def split_conversations(samples: list[tuple[str, dict, bytes]], tasks: list[str], rng: np.random.Generator) -> list:
-    """Every task for every sample, shuffled; yes/no premises balanced within the split."""
-    names_by_base = defaultdict(set)
-    groups = sorted({meta["group"] for _, meta, _ in samples})
-    for _, meta, _ in samples:
-        names_by_base[meta["base"]].add(readable_name(meta["name"]))
-    bases = sorted(names_by_base)
-    premises = {}  # (sample index, task) -> is the yes/no premise true; balanced within each task
-    for task in ("yesno", "multi"):
-        flags = balanced_flags(len(samples), rng) if task in tasks else []
-        premises.update({(index, task): flag for index, flag in enumerate(flags)})
+    """Every task for every sample (yes/no twice: see the module doc), shuffled."""
+    index = SplitIndex(samples)
+    truths = balanced_flags(len(samples), rng) if "multi" in tasks else []
     records = []
-    for index, (key, meta, _) in enumerate(samples):
+    for i, (key, meta, _) in enumerate(samples):
         for task in tasks:
-            truth = premises.get((index, task), True)
-            turns = TASK_BUILDERS[task](meta, truth, rng, bases, names_by_base, groups)
+            if task == "yesno":
+                records += yesno_records(samples, i, index, rng)
+                continue
+            turns = TASK_BUILDERS[task](meta, truths[i] if task == "multi" else True, rng, i, index)
             records.append(llava_record(f"{key}:{task}", key, task, turns))
     order = rng.permutation(len(records))
     return [records[i] for i in order]
@@ -107,15 +139,40 @@ def llava_record(record_id: str, key: str, task: str, turns: list[tuple[str, str
     return {"id": record_id, "image": f"{IMAGE_DIR}/{key}.png", "task": task, "conversations": conversations}
 
 
-def what_turn(meta, truth, rng, bases, names_by_base, groups):
+def yesno_records(samples: list, i: int, index: SplitIndex, rng: np.random.Generator) -> list[dict]:
+    """Sample i's premise (its name or its group, a seeded coin) asked of itself (Yes) and of a partner (No);
+    none when the split has no partner for either kind (one concept family in one group)."""
+    key, meta, _ = samples[i]
+    ask_name = rng.random() < 0.5
+    partner = index.name_partner(i, rng) if ask_name else index.group_partner(i, rng)
+    if partner is None:
+        ask_name = not ask_name
+        partner = index.name_partner(i, rng) if ask_name else index.group_partner(i, rng)
+    if partner is None:
+        return []
+    question = name_question(readable_name(meta["name"])) if ask_name else group_question(meta["group"])
+    partner_key = samples[partner][0]
+    return [llava_record(f"{key}:yesno", key, "yesno", [(question, "Yes.")]),
+            llava_record(f"{partner_key}:yesno:{key}", partner_key, "yesno", [(question, "No.")])]
+
+
+def name_question(name: str) -> str:
+    return f"Is this {name}?"
+
+
+def group_question(group: str) -> str:
+    return f"Does this belong to the {group} group?"
+
+
+def what_turn(meta, truth, rng, i, index):
     return [(WHAT_QUESTIONS[int(rng.integers(len(WHAT_QUESTIONS)))], readable_name(meta["name"]))]
 
 
-def group_turn(meta, truth, rng, bases, names_by_base, groups):
+def group_turn(meta, truth, rng, i, index):
     return [(GROUP_QUESTION, meta["group"])]
 
 
-def describe_turn(meta, truth, rng, bases, names_by_base, groups):
+def describe_turn(meta, truth, rng, i, index):
     answer = (f"An emoji of {readable_name(meta['name'])}, in the {meta['group']} group "
               f"({meta.get('subgroup', '').replace('-', ' ')}).")
     keywords = [k for k in meta.get("keywords", [])[:4] if isinstance(k, str)]
@@ -124,28 +181,20 @@ def describe_turn(meta, truth, rng, bases, names_by_base, groups):
     return [(DESCRIBE_QUESTION, answer)]
 
 
-def yesno_turn(meta, truth, rng, bases, names_by_base, groups):
-    """A name question or a group question (seeded coin), with a true or false premise."""
-    if rng.random() < 0.5 or len(groups) < 2:
-        others = [base for base in bases if base != meta["base"]]
-        if truth or not others:
-            name = readable_name(meta["name"])
-            truth = True
-        else:
-            name = sorted(names_by_base[others[int(rng.integers(len(others)))]])[0]
-        return [(f"Is this {name}?", "Yes." if truth else "No.")]
-    group = meta["group"] if truth else [g for g in groups if g != meta["group"]][int(rng.integers(len(groups) - 1))]
-    return [(f"Does this belong to the {group} group?", "Yes." if truth else "No.")]
+def multi_yesno_turn(meta, truth, rng, i, index):
+    """A name premise, true or naming another concept family of the same group."""
+    partner = None if truth else index.name_partner(i, rng)
+    if partner is None:
+        return [(name_question(readable_name(meta["name"])), "Yes.")]
+    return [(name_question(readable_name(index.metas[partner]["name"])), "No.")]
 
 
-def multi_turn(meta, truth, rng, bases, names_by_base, groups):
-    return (what_turn(meta, truth, rng, bases, names_by_base, groups)
-            + group_turn(meta, truth, rng, bases, names_by_base, groups)
-            + yesno_turn(meta, truth, rng, bases, names_by_base, groups))
+def multi_turn(meta, truth, rng, i, index):
+    return (what_turn(meta, truth, rng, i, index) + group_turn(meta, truth, rng, i, index)
+            + multi_yesno_turn(meta, truth, rng, i, index))
 
 
-TASK_BUILDERS = {"what": what_turn, "group": group_turn, "describe": describe_turn, "yesno": yesno_turn,
-                 "multi": multi_turn}
+TASK_BUILDERS = {"what": what_turn, "group": group_turn, "describe": describe_turn, "multi": multi_turn}
 
 
 def write_bytes(path: Path, data: bytes) -> None:
