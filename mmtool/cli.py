@@ -201,6 +201,9 @@ def finetune(
     model: Annotated[Optional[Path], typer.Option(help="The stage-2 (or stage-3) model to tune: vlm.pt or its run "
                                                        "folder")] = None,
     data: Annotated[Optional[str], typer.Option(help="LLaVA conversation JSON / JSONL to train on")] = None,
+    clip: Annotated[Optional[Path], typer.Option("--clip", help="Single stage: a stage-1 clip.pt to start from with a "
+                                                               "fresh projector, instead of a stage-2 --model")]
+    = None,
     config: Annotated[str, config_option("finetune", "Stage-3 recipe")] = "emoji",
     overrides: SetOption = None,
     print_config: PrintConfigOption = False,
@@ -216,7 +219,10 @@ def finetune(
     from stage3_llm.train import finetune as run
 
     sets = list(overrides or [])
+    if model and clip:
+        raise typer.BadParameter("give --model (two stages) or --clip (single stage), not both")
     sets += [f"model.base={model}"] if model else []
+    sets += [f"model.vision={clip}", "model.base=null"] if clip else []
     sets += [f"data.train={data}"] if data else []
     cfg = load_or_print(FinetuneConfig, config, sets, "finetune", print_config)
     claim_out(out, resume, overwrite)

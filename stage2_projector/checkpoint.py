@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mmtool.checkpoint import file_sha256, load_model, save_model
 from mmtool.config import from_dict, to_dict
@@ -52,16 +53,23 @@ def build_vlm(cfg: AlignConfig, vision_path: str | Path, llm: LoadedLlm | None =
     vision_path = Path(vision_path)
     clip = load_clip(vision_path)
     vision_cfg = clip.config.model.vision
-    features = PatchFeatures(clip.model.vision, vision_cfg.type, cfg.model.feature_layer)
+    embedding = clip.model.image_projection if cfg.model.clip_embedding_token else None
+    features = PatchFeatures(clip.model.vision, vision_cfg.type, cfg.model.feature_layer, embedding,
+                             clip.config.model.embed_dim)
+    image_size = cfg.model.image_size or vision_cfg.image_size
+    if vision_cfg.type == "vit" and image_size != vision_cfg.image_size:
+        raise MmtoolError(f"model.image_size {image_size}: a ViT tower runs at the size it was trained at "
+                          f"({vision_cfg.image_size}); only conv towers take another")
     llm = llm or load_llm(cfg.model.llm)
     hidden = llm.identity["hidden_size"]
     projector = build_projector(cfg.model.projector, features.width, hidden)
     record = {
         "align": to_dict(cfg),
         "vision": {"checkpoint": str(vision_path), "sha256": file_sha256(vision_path), "type": vision_cfg.type,
-                   "feature_layer": cfg.model.feature_layer, "image_size": vision_cfg.image_size,
+                   "feature_layer": cfg.model.feature_layer, "image_size": image_size,
                    "mean": CLIP_MEAN.tolist(), "std": CLIP_STD.tolist(), "feature_width": features.width,
-                   "num_image_tokens": features.num_tokens(vision_cfg.image_size)},
+                   "clip_embedding_token": cfg.model.clip_embedding_token,
+                   "num_image_tokens": features.num_tokens(image_size)},
         "clip_config": to_dict(clip.config),
         "llm": llm.identity,
         "projector": {"type": cfg.model.projector, "in_dim": features.width, "out_dim": hidden},
@@ -90,8 +98,12 @@ def load_vlm(path: str | Path, llm: str | LoadedLlm | None = None) -> VlmBundle:
     record = payload["config"]
     clip_config = from_dict(ClipConfig, record["clip_config"], where=f"{path}:clip_config")
     vision_cfg = replace(clip_config.model.vision, pretrained=False)  # weights come from the state dict
-    features = PatchFeatures(build_vision_tower(vision_cfg, clip_config.model.embed_dim), vision_cfg.type,
-                             record["vision"]["feature_layer"])
+    tower = build_vision_tower(vision_cfg, clip_config.model.embed_dim)
+    embed_dim = clip_config.model.embed_dim
+    # Older records have no clip_embedding_token field: they were made without one.
+    embedding = (nn.Linear(tower.output_width, embed_dim, bias=False)
+                 if record["vision"].get("clip_embedding_token") else None)
+    features = PatchFeatures(tower, vision_cfg.type, record["vision"]["feature_layer"], embedding, embed_dim)
     if not isinstance(llm, LoadedLlm):
         llm = load_llm(llm or record["llm"]["spec"])
     check_same_llm(record["llm"], llm.identity, str(path))

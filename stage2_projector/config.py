@@ -14,6 +14,12 @@ class ModelConfig:
     # (ViT) or [stem, block 0, ..., block 15, head] (EfficientNet-Lite0). -2 = second to last, as LLaVA.
     feature_layer: int = -2
     projector: str = "mlp2x_gelu"  # linear | mlpNx_gelu (N linear layers with GELU between)
+    # Input size of stages 2-3 (chat, eval); null = the size the tower was trained at. A conv tower runs at any
+    # size: EfficientNet-Lite0 gives (size / 32)^2 tokens at the last layers, 4x that at blocks 10-14.
+    image_size: int | None = None
+    # One more image token: CLIP's own image embedding (pooled, projected, normalised), the vector its zero-shot
+    # answers come from (stage2_projector/features.py).
+    clip_embedding_token: bool = False
 
 
 @dataclass

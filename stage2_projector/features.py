@@ -3,8 +3,14 @@
 ViT: hidden states [embeddings after ln_pre, block 1, ..., block L] without the CLS token (LLaVA's "patch tokens
 only"). EfficientNet-Lite0: the feature maps [stem, block 0, ..., block 15, head], each read as h*w tokens.
 `layer` indexes these lists the Python way (-2 = second to last).
+
+With `embedding` (the CLIP model's image projection), one more token follows the patch tokens: the tower's pooled
+output projected into CLIP's joint space and L2-normalised, the vector its zero-shot and retrieval answers come
+from. The two kinds keep apart channels: patch tokens are [features, 0...], the embedding token [0..., embedding],
+so a projector's first linear layer maps each kind with its own weights.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmtool.errors import MmtoolError
@@ -13,7 +19,8 @@ SUPPORTED = ("vit", "efficientnet_lite0")
 
 
 class PatchFeatures(nn.Module):
-    def __init__(self, tower: nn.Module, tower_type: str, layer: int):
+    def __init__(self, tower: nn.Module, tower_type: str, layer: int, embedding: nn.Module | None = None,
+                 embed_dim: int = 0):
         super().__init__()
         if tower_type not in SUPPORTED:
             raise MmtoolError(f"vision tower type {tower_type!r}: no patch features for stage 2 "
@@ -24,7 +31,9 @@ class PatchFeatures(nn.Module):
             raise MmtoolError(f"model.feature_layer {layer}: the {tower_type} tower has {len(widths)} hidden states "
                               f"(valid {-len(widths)} .. {len(widths) - 1})")
         self.layer = layer
-        self.width = widths[layer]
+        self.embedding, self.embed_dim = embedding, embed_dim if embedding is not None else 0
+        self.patch_width = widths[layer]
+        self.width = self.patch_width + self.embed_dim
 
     def layer_widths(self) -> list[int]:
         if self.tower_type == "vit":
@@ -42,11 +51,22 @@ class PatchFeatures(nn.Module):
         return tokens
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] CLIP-normalised images -> [B, N, width]."""
+        """[B, 3, H, W] CLIP-normalised images -> [B, N, width] (N + 1 tokens with the embedding token)."""
         if self.tower_type == "vit":
-            return self.tower.forward_hidden_states(images)[self.layer][:, 1:]  # [B, N, D], CLS dropped
-        feature_map = self._efficientnet_maps(images)[self.layer]  # [B, C, h, w]
-        return feature_map.flatten(2).transpose(1, 2)  # [B, h*w, C]
+            states = self.tower.forward_hidden_states(images)
+            patches = states[self.layer][:, 1:]  # [B, N, D], CLS dropped
+            pooled = self.tower.ln_post(states[-1][:, 0])  # [B, D]: the tower's own output (as its forward)
+        else:
+            maps = self._efficientnet_maps(images)
+            patches = maps[self.layer].flatten(2).transpose(1, 2)  # [B, h*w, C]
+            pooled = maps[-1].mean(dim=(2, 3))  # [B, 1280]: the tower's own output (global average pool)
+        if self.embedding is None:
+            return patches
+        # Unit-norm embeddings have entries near 1/sqrt(E): scaled to unit RMS, like the patch features.
+        joint = F.normalize(self.embedding(pooled.to(self.embedding.weight.dtype)), dim=-1) * self.embed_dim ** 0.5
+        patch_part = F.pad(patches, (0, self.embed_dim))  # [B, N, C + E]
+        joint_part = F.pad(joint.to(patches.dtype), (self.patch_width, 0)).unsqueeze(1)  # [B, 1, C + E]
+        return torch.cat([patch_part, joint_part], dim=1)  # [B, N + 1, C + E]
 
     def _efficientnet_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The package's extract_features, keeping every stage's output (drop-connect as it does in training)."""

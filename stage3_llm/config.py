@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from mmtool.config import CacheFolder, FilePath, NameOrPath
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
+from stage2_projector.config import ModelConfig as AlignModelConfig
 
 
 @dataclass
@@ -21,6 +22,11 @@ class LoraSettings:
 class ModelConfig:
     base: FilePath | None = None  # an aligned (stage-2) or finetuned (stage-3) checkpoint: vlm.pt or its run folder
     llm: NameOrPath | None = None  # load the LLM from here instead of the spec the checkpoint records
+    # Single stage, no `mmtool align` run: with base empty, a stage-1 clip.pt here and `align`'s image-token
+    # settings (feature_layer, projector, image_size, clip_embedding_token) build a fresh projector that learns
+    # together with LoRA from the first step (the Prismatic VLMs finding: the separate alignment can go).
+    vision: FilePath | None = None
+    align: AlignModelConfig = field(default_factory=AlignModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
 
 

@@ -46,6 +46,9 @@ def export_llava(bundle, out: Path) -> Path:
     if record["vision"]["type"] != "vit":
         raise MmtoolError(f"export-llava: the {record['vision']['type']!r} image tower has no transformers "
                           "LLaVA counterpart (only ViT towers export; CNN towers stay in mmtool's format)")
+    if record["vision"].get("clip_embedding_token"):
+        raise MmtoolError("export-llava: the CLIP embedding token (model.clip_embedding_token) has no "
+                          "transformers LLaVA counterpart")
     if record["projector"]["type"] != "mlp2x_gelu":
         raise MmtoolError(f"export-llava: projector {record['projector']['type']!r} does not fit LLaVA's "
                           "two-layer projector (train with model.projector=mlp2x_gelu)")

@@ -16,7 +16,7 @@ from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 from stage3_llm.evaluate import answer_conversations, contains_answer, exact_match, normalize, score
-from stage3_llm.train import finetune
+from stage3_llm.train import finetune, fresh_bundle
 from tests.helpers.emoji import write_emoji_shards
 from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_llm
 
@@ -173,3 +173,23 @@ def test_score_by_task():
     assert scores["yesno"]["majority"]["rate"] == 1.0 and scores["what"]["majority"]["rate"] == 0.5
     assert scores["all"]["majority"]["rate"] == 0.75
     assert normalize("  Flag of  JAPAN! ") == "flag of japan"
+
+
+def test_single_stage_trains_a_fresh_projector_with_lora_from_the_clip_checkpoint(parts, tmp_path):
+    cfg = config(parts, "model.base=null", f"model.vision={parts / 'clip.pt'}", f"model.llm={parts / 'llm'}",
+                 "model.align.clip_embedding_token=true", "train.max_steps=3", "data.val=null")
+    finetune(cfg, tmp_path / "single")
+    bundle = load_finetuned(tmp_path / "single")
+    assert bundle.record["vision"]["clip_embedding_token"] and bundle.num_image_tokens == 17  # 4x4 patches + 1
+    assert bundle.record["finetune"]["base"] == str(parts / "clip.pt")
+    torch.manual_seed(cfg.train.seed)  # the seed finetune starts from (start_run): the same fresh projector
+    initial = fresh_bundle(cfg).model.projector.state_dict()
+    trained = bundle.model.projector.state_dict()
+    assert all((trained[name] - initial[name]).abs().max() > 0 for name in initial)  # the projector learned
+    lora_b = [p for name, p in bundle.model.llm.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().max() > 0 for p in lora_b)  # and LoRA with it
+
+
+def test_finetune_needs_an_aligned_model_or_a_clip_checkpoint(parts, tmp_path):
+    with pytest.raises(MmtoolError, match="or model.vision a stage-1 clip.pt"):
+        finetune(config(parts, "model.base=null"), tmp_path / "none")
