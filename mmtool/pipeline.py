@@ -44,6 +44,9 @@ class ClipSpec(StageSpec):
 class AlignSpec(StageSpec):
     config: Annotated[str, PathField(only_if_exists=True, bundled="align")] = "configs/align/emoji.yaml"
     llm: NameOrPath = "llama"
+    # false: single stage, no align step; finetune starts from the CLIP checkpoint with a fresh projector (its
+    # config's model.align settings), which learns together with LoRA.
+    enabled: bool = True
 
 
 @dataclass
@@ -127,19 +130,22 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     steps.append(Step("export-vision", ["export-vision", "--clip", str(clip / "clip.pt"), "--format",
                                         "hf" if is_vit else "safetensors", "--out", str(out / "export" / "vision")],
                       [out / "export" / "vision"], after=["pretrain-clip"], replaces_outputs=True))
-    steps.append(Step("align", ["align", "--clip", str(clip / "clip.pt"), "--llm", cfg.align.llm,
-                                "--config", cfg.align.config, "--out", str(align),
-                                *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
-                                        *cfg.align.set])],
-                      [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"], trains=True,
-                      launcher=cfg.align.launcher))
+    if cfg.align.enabled:
+        steps.append(Step("align", ["align", "--clip", str(clip / "clip.pt"), "--llm", cfg.align.llm,
+                                    "--config", cfg.align.config, "--out", str(align),
+                                    *_sets([f"data.train={shards('train')}", f"data.val={shards('val')}",
+                                            *cfg.align.set])],
+                          [align / "vlm.pt"], [Path(cfg.align.config)], ["pretrain-clip"], trains=True,
+                          launcher=cfg.align.launcher))
     instruct_shards = str(data / ("{" + ",".join(["train", *eval_splits]) + "}-*.tar"))
     steps.append(Step("instructions", ["data", "instructions", "--data", instruct_shards, "--out", str(instruct)],
                       [instruct / "train.json", instruct / "val.json"], after=["emoji-shards"]))
-    steps.append(Step("finetune", ["finetune", "--model", str(align), "--data", str(instruct / "train.json"),
+    start = ["--model", str(align)] if cfg.align.enabled else ["--clip", str(clip / "clip.pt")]
+    steps.append(Step("finetune", ["finetune", *start, "--data", str(instruct / "train.json"),
                                    "--config", cfg.finetune.config, "--out", str(llava),
                                    *_sets([f"data.val={instruct / 'val.json'}", *cfg.finetune.set])],
-                      [llava / "vlm.pt"], [Path(cfg.finetune.config)], ["align", "instructions"], trains=True,
+                      [llava / "vlm.pt"], [Path(cfg.finetune.config)],
+                      ["align" if cfg.align.enabled else "pretrain-clip", "instructions"], trains=True,
                       launcher=cfg.finetune.launcher))
     for split in eval_splits:  # each with its majority, blind and tower baselines
         steps.append(Step(f"eval-llava:{split}",

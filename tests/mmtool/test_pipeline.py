@@ -29,6 +29,18 @@ def test_every_planned_step_parses_as_an_mmtool_command(monkeypatch):
     assert names.index("pretrain-clip") < names.index("align") < names.index("finetune") < names.index("eval-llava:val")
 
 
+def test_single_stage_plans_no_align_step_and_finetunes_from_the_clip_checkpoint(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml", ["align.enabled=false"]))
+    by_name = {step.name: step for step in steps}
+    assert "align" not in by_name
+    finetune = by_name["finetune"]
+    assert finetune.args[1:3] == ["--clip", "runs/pipeline/clip/clip.pt"] and "--model" not in finetune.args
+    assert finetune.after == ["pretrain-clip", "instructions"]
+    root = typer.main.get_command(app)
+    root.commands["finetune"].make_context("finetune", list(finetune.args[1:]))
+
+
 def fake_steps(tmp_path: Path) -> tuple[list[Step], Path]:
     config = tmp_path / "stage.yaml"
     config.write_text("lr: 1\n")
