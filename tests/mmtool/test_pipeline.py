@@ -13,9 +13,10 @@ from mmtool.pipeline import PipelineConfig, Step, plan, run_pipeline
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_planned_step_parses_as_an_mmtool_command(monkeypatch):
+@pytest.mark.parametrize("config", ["configs/pipeline/emoji.yaml", "configs/pipeline/emoji_full.yaml"])
+def test_every_planned_step_parses_as_an_mmtool_command(monkeypatch, config):
     monkeypatch.chdir(ROOT)
-    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml"))
+    steps = plan(load_config(PipelineConfig, config))
     root = typer.main.get_command(app)
     seen = set()
     for step in steps:
