@@ -130,7 +130,8 @@ def test_align_trains_only_the_projector_and_the_checkpoint_reloads(emoji_shards
     bundle = load_vlm(out)
     record = bundle.record
     assert record["vision"]["feature_layer"] == -2 and record["vision"]["image_size"] == 32
-    assert record["vision"]["num_image_tokens"] == 16 and len(record["vision"]["sha256"]) == 64
+    # 4x4 patches + CLIP's embedding token (configs/align/emoji.yaml sets model.clip_embedding_token)
+    assert record["vision"]["num_image_tokens"] == 17 and len(record["vision"]["sha256"]) == 64
     assert record["llm"]["spec"] == str(llm_dir) and record["llm"]["image_token_id"] == 300
     # The frozen tower comes back bit for bit; the reloaded model reproduces the run's own val loss.
     clip_vision = load_clip(clip_path).model.vision.state_dict()
