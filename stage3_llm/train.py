@@ -1,7 +1,6 @@
 """The stage-3 loop: instruction-tune an aligned model on LLaVA conversations (LoRA + projector, or full)."""
 import json
 from collections import Counter
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -15,40 +14,26 @@ from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
 from mmtool.train_loop import Stage, StepResult, start_run, train
-from stage2_projector.checkpoint import MODEL_FILE, VlmBundle, build_vlm, resolve_model_file
-from stage2_projector.config import AlignConfig
+from stage2_projector.checkpoint import MODEL_FILE, VlmBundle
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
 from stage2_projector.feature_cache import open_feature_cache
 from stage2_projector.packing import batch_tokens, check_packable
-from stage3_llm.checkpoint import add_lora, load_finetuned, save_finetuned
+from stage3_llm.checkpoint import add_lora, save_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import collate_conversations, epoch_batches, readable_items, training_items
+from stage3_llm.start_model import start_bundle, start_file
 from stage3_llm.training_data import finetune_datasets
 
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
     """Trains on cfg.data.train and writes out/vlm.pt (+ out/adapter/); returns the last val metrics."""
-    if cfg.model.base:
-        base_file = resolve_model_file(cfg.model.base)
-        if not base_file.is_file():
-            raise MmtoolError(f"--model {cfg.model.base}: no {base_file.name} there (run mmtool align first)")
-    elif cfg.model.vision:
-        base_file = Path(cfg.model.vision)
-        if not base_file.is_file():
-            raise MmtoolError(f"model.vision {cfg.model.vision}: no such stage-1 checkpoint")
-    else:
-        raise MmtoolError("model.base: give the aligned checkpoint (--model ckpt/align), or model.vision a stage-1 "
-                          "clip.pt for single-stage training (--vision ckpt/clip/clip.pt)")
+    base_file = start_file(cfg)
     base_sha = file_sha256(base_file)
     if resume:  # before start_run, which asks for a saved state: a run from another base is the clearer error
         check_resume_base(out, base_sha)
-    # LoRA's and a fresh projector's initial weights: the same on every rank
-    start_run(cfg.train, cfg.data.batch_size, out, resume)
+    start_run(cfg.train, cfg.data.batch_size, out, resume)  # LoRA's and a fresh projector's initial weights
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.model.base:
-        bundle = load_finetuned(base_file, cfg.model.llm, trainable=cfg.model.lora.enabled)
-    else:
-        bundle = fresh_bundle(cfg)
+    bundle = start_bundle(cfg, base_file)
     continues_adapter = bool(bundle.record.get("finetune", {}).get("lora"))  # keep training its adapter
     if cfg.model.lora.enabled and not continues_adapter:
         add_lora(bundle, cfg.model.lora)
@@ -59,12 +44,6 @@ def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
                                             "lora": cfg.model.lora.enabled}}
     config = {**to_dict(cfg), "base_sha256": base_sha}  # what --resume checks
     return train(FinetuneStage(cfg, bundle, record), cfg.train, cfg.data.batch_size, out, config, resume)
-
-
-def fresh_bundle(cfg: FinetuneConfig) -> VlmBundle:
-    """Single stage: the stage-1 tower, a new projector and the LLM, as `mmtool align` would start them."""
-    align_model = replace(cfg.model.align, vision=cfg.model.vision, llm=cfg.model.llm or cfg.model.align.llm)
-    return build_vlm(AlignConfig(model=align_model), cfg.model.vision)
 
 
 def check_resume_base(out: Path, base_sha: str) -> None:

@@ -16,7 +16,8 @@ from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import ConversationDataset, collate_conversations, read_conversations
 from stage3_llm.evaluate import answer_conversations, contains_answer, exact_match, normalize, score
-from stage3_llm.train import finetune, fresh_bundle
+from stage3_llm.start_model import fresh_bundle
+from stage3_llm.train import finetune
 from tests.helpers.emoji import write_emoji_shards
 from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_llm
 
