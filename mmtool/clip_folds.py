@@ -1,8 +1,9 @@
 """`mmtool clip-folds`: a CLIP recipe judged on every drawing style it never saw (leave one style out).
 
 For each style, the shards with that style held out are built once under data/folds/<style>/ (shared by every
-recipe), the recipe trains on the other styles, and `mmtool eval-clip` scores it on the held-out style's drawings
-of training concepts (heldout_train) and of new concepts (heldout_val). Extra seeds on one fold measure how far a
+recipe: one fold's are rendered, the others regroup its samples without rendering again), the recipe trains on
+the other styles, and `mmtool eval-clip` scores it on the held-out style's drawings of training concepts
+(heldout_train) and of new concepts (heldout_val). Extra seeds on one fold measure how far a
 figure moves by chance alone. The steps go through the pipeline's runner: an interrupted run continues where it
 stopped and finished folds are skipped.
 """
@@ -27,6 +28,8 @@ class FoldsSpec:
     shards: Path = Path("data/folds")  # <style>/ holds the shards with that style held out
     build_shards: bool = True  # False: shards/<style>/ already exist (built another way, e.g. by a test)
     baseline: Path | None = None  # another recipe's folds.json, shown beside this one's figures
+    # The fold whose shards are rendered; every other fold's regroup its samples (mmtool/fold_shards.py).
+    rendered_fold: str = "twemoji"
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -58,21 +61,29 @@ def plan_folds(spec: FoldsSpec) -> list[Step]:
     """Fold by fold (shards, training, the two evaluations), then the seed fold's extra seeds."""
     if spec.seeds and spec.seed_fold not in spec.styles:
         raise MmtoolError(f"--seed-fold {spec.seed_fold} is not among --styles {','.join(spec.styles)}")
-    steps = []
+    steps = _shard_steps(spec)
     for style in spec.styles:
-        steps += _shard_steps(spec, style) + _run_steps(spec, style, style, spec.out / style, [])
+        steps += _run_steps(spec, style, style, spec.out / style, [])
     for seed, run in seed_runs(spec).items():
         if run != spec.out / spec.seed_fold:
             steps += _run_steps(spec, spec.seed_fold, f"{spec.seed_fold}:seed{seed}", run, [f"train.seed={seed}"])
     return steps
 
 
-def _shard_steps(spec: FoldsSpec, style: str) -> list[Step]:
+def _shard_steps(spec: FoldsSpec) -> list[Step]:
     if not spec.build_shards:
         return []
-    data = spec.shards / style
-    return [Step(f"shards:{style}", ["data", "emoji", "--out", str(data), "--styles", "all", "--eval-style", style],
-                 [data / "meta.json"], stamps=spec.shards / "stamps")]
+    source = spec.rendered_fold  # rendered even when not among the folds: every fold's shards have one command
+    steps = [Step(f"shards:{source}", ["data", "emoji", "--out", str(spec.shards / source), "--styles", "all",
+                                       "--eval-style", source],
+                  [spec.shards / source / "meta.json"], stamps=spec.shards / "stamps")]
+    for style in spec.styles:
+        if style != source:
+            steps.append(Step(f"shards:{style}", ["data", "emoji-regroup", "--from", str(spec.shards / source),
+                                                  "--out", str(spec.shards / style), "--eval-style", style],
+                              [spec.shards / style / "meta.json"], after=[f"shards:{source}"],
+                              stamps=spec.shards / "stamps"))
+    return steps
 
 
 def _run_steps(spec: FoldsSpec, style: str, name: str, run: Path, seed_sets: list[str]) -> list[Step]:
