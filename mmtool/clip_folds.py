@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mmtool.data.building.emoji_styles import STYLES
 from mmtool.errors import MmtoolError
+from mmtool.feature_cache import FOLDER
 from mmtool.fold_report import SPLITS, baseline_of, eval_json, mean_and_worst, read_scores, spread
 from mmtool.pipeline import Step, _sets, run_pipeline
 
@@ -101,12 +102,31 @@ def _run_steps(spec: FoldsSpec, style: str, name: str, run: Path, seed_sets: lis
     return [train, *evals]
 
 
+def share_feature_cache(spec: FoldsSpec) -> None:
+    """Every fold's feature cache (beside its train shards) is the rendered fold's, through a symlink.
+
+    A cached view is keyed by its exact pixels (stage1_clip/feature_cache.py) and drawn from (seed, view, sample
+    key), the same in every fold: a Noto drawing's views in the Twemoji fold are its views in the Fluent ones, so
+    about three quarters of a fold's frozen-trunk work is already done by another fold of the same recipe and seed.
+    A fold folder that already has its own cache keeps it.
+    """
+    shared = spec.shards / spec.rendered_fold / FOLDER
+    shared.mkdir(parents=True, exist_ok=True)
+    for style in spec.styles:
+        link = spec.shards / style / FOLDER
+        if style != spec.rendered_fold and not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path("..") / spec.rendered_fold / FOLDER, target_is_directory=True)
+
+
 def run_folds(spec: FoldsSpec, runner=None) -> dict:
     """Runs what is not up to date, then writes and returns OUT/folds.json."""
     for style in spec.styles:
         if not spec.build_shards and not (spec.shards / style).is_dir():
             raise MmtoolError(f"fold shards not found: {spec.shards / style}")
     baseline = baseline_of(spec.baseline, spec.styles) if spec.baseline else None  # checked before hours of runs
+    if spec.build_shards:
+        share_feature_cache(spec)
     run_pipeline(plan_folds(spec), spec.out / "stamps", runner=runner)
     folds = {style: read_scores(spec.out / style) for style in spec.styles}
     report = {"config": str(spec.config), "sets": spec.sets, "folds": folds, **mean_and_worst(folds)}

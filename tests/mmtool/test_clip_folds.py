@@ -85,6 +85,8 @@ def test_finished_folds_are_skipped_and_shards_are_built_once_for_every_recipe(t
     assert log[1][log[1].index("--from") + 1] == str(folds / "twemoji")
     assert [args[0] for args in log[2:]] == ["pretrain-clip", "eval-clip", "eval-clip"] * 2
     assert (folds / "stamps" / "shards_noto.json").is_file()
+    # one feature cache for every fold: the same view of a drawing is the same entry in each
+    assert (folds / "noto" / "feature_cache").resolve() == (folds / "twemoji" / "feature_cache").resolve()
 
     log.clear()
     (tmp_path / "a" / "twemoji" / "clip.pt").unlink()  # an interrupted fold: only it runs again
