@@ -112,7 +112,7 @@ def data_emoji_regroup(
 ):
     """The shards `mmtool data emoji` would write with another style held out, from a build of the same styles,
     without rendering again (byte for byte the same)."""
-    from mmtool.fold_shards import regroup_emoji
+    from mmtool.data.building.emoji_regroup import regroup_emoji
 
     print(json.dumps(regroup_emoji(source, out, eval_style), indent=2))
 

@@ -12,10 +12,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from mmtool.data.emoji import HELDOUT, REPORT_FILE
-from mmtool.data.emoji_catalog import read_emoji
-from mmtool.data.shard_files import iter_tar_groups
-from mmtool.data.shards import META_FILE, SplitWriter, write_meta
+from mmtool.data.building.emoji import HELDOUT, REPORT_FILE
+from mmtool.data.building.emoji_catalog import read_emoji
+from mmtool.data.building.shard_writer import SplitWriter, write_meta
+from mmtool.data.reading.shard_reader import META_FILE, iter_tar_groups
 from mmtool.errors import MmtoolError
 
 

@@ -1,14 +1,14 @@
 """`mmtool data emoji-regroup`: another style held out from an existing build, checked byte for byte against a direct
-build with that style held out (stand-in SVG packages, as in test_data_emoji_styles.py)."""
+build with that style held out (stand-in SVG packages, as in test_emoji_styles.py)."""
 import json
 
 import pytest
 
-from mmtool.data.emoji import build_emoji
-from mmtool.data.emoji_catalog import read_emoji
+from mmtool.data.building.emoji import build_emoji
+from mmtool.data.building.emoji_catalog import read_emoji
 from mmtool.errors import MmtoolError
-from mmtool.fold_shards import regroup_emoji
-from tests.test_data_emoji_styles import needs_catalogue, stand_in_packages
+from mmtool.data.building.emoji_regroup import regroup_emoji
+from tests.mmtool.data.building.test_emoji_styles import needs_catalogue, stand_in_packages
 
 STYLES = "noto,twemoji,fluent-flat"
 
