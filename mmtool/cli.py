@@ -104,6 +104,19 @@ def data_emoji(
                                  npm_cache=npm_cache), indent=2))
 
 
+@data_app.command("emoji-regroup")
+def data_emoji_regroup(
+    source: Annotated[Path, typer.Option("--from", help="A folder written by mmtool data emoji")],
+    out: Annotated[Path, typer.Option(help="Folder for the regrouped shards")],
+    eval_style: Annotated[Optional[str], typer.Option(help="The style to hold out instead")] = None,
+):
+    """The shards `mmtool data emoji` would write with another style held out, from a build of the same styles,
+    without rendering again (byte for byte the same)."""
+    from mmtool.data.building.emoji_regroup import regroup_emoji
+
+    print(json.dumps(regroup_emoji(source, out, eval_style), indent=2))
+
+
 @data_app.command("openclipart")
 def data_openclipart(
     out: Annotated[Path, typer.Option(help="Folder for the shards")] = Path("data/openclipart"),

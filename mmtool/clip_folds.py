@@ -1,8 +1,9 @@
 """`mmtool clip-folds`: a CLIP recipe judged on every drawing style it never saw (leave one style out).
 
 For each style, the shards with that style held out are built once under data/folds/<style>/ (shared by every
-recipe), the recipe trains on the other styles, and `mmtool eval-clip` scores it on the held-out style's drawings
-of training concepts (heldout_train) and of new concepts (heldout_val). Extra seeds on one fold measure how far a
+recipe: one fold's are rendered, the others regroup its samples without rendering again), the recipe trains on
+the other styles, and `mmtool eval-clip` scores it on the held-out style's drawings of training concepts
+(heldout_train) and of new concepts (heldout_val). Extra seeds on one fold measure how far a
 figure moves by chance alone. The steps go through the pipeline's runner: an interrupted run continues where it
 stopped and finished folds are skipped.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from mmtool.data.building.emoji_styles import STYLES
 from mmtool.errors import MmtoolError
+from mmtool.feature_cache import FOLDER
 from mmtool.fold_report import SPLITS, baseline_of, eval_json, mean_and_worst, read_scores, spread
 from mmtool.pipeline import Step, _sets, run_pipeline
 
@@ -27,6 +29,8 @@ class FoldsSpec:
     shards: Path = Path("data/folds")  # <style>/ holds the shards with that style held out
     build_shards: bool = True  # False: shards/<style>/ already exist (built another way, e.g. by a test)
     baseline: Path | None = None  # another recipe's folds.json, shown beside this one's figures
+    # The fold whose shards are rendered; every other fold's regroup its samples (mmtool/data/building/emoji_regroup.py).
+    rendered_fold: str = "twemoji"
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -58,21 +62,29 @@ def plan_folds(spec: FoldsSpec) -> list[Step]:
     """Fold by fold (shards, training, the two evaluations), then the seed fold's extra seeds."""
     if spec.seeds and spec.seed_fold not in spec.styles:
         raise MmtoolError(f"--seed-fold {spec.seed_fold} is not among --styles {','.join(spec.styles)}")
-    steps = []
+    steps = _shard_steps(spec)
     for style in spec.styles:
-        steps += _shard_steps(spec, style) + _run_steps(spec, style, style, spec.out / style, [])
+        steps += _run_steps(spec, style, style, spec.out / style, [])
     for seed, run in seed_runs(spec).items():
         if run != spec.out / spec.seed_fold:
             steps += _run_steps(spec, spec.seed_fold, f"{spec.seed_fold}:seed{seed}", run, [f"train.seed={seed}"])
     return steps
 
 
-def _shard_steps(spec: FoldsSpec, style: str) -> list[Step]:
+def _shard_steps(spec: FoldsSpec) -> list[Step]:
     if not spec.build_shards:
         return []
-    data = spec.shards / style
-    return [Step(f"shards:{style}", ["data", "emoji", "--out", str(data), "--styles", "all", "--eval-style", style],
-                 [data / "meta.json"], stamps=spec.shards / "stamps")]
+    source = spec.rendered_fold  # rendered even when not among the folds: every fold's shards have one command
+    steps = [Step(f"shards:{source}", ["data", "emoji", "--out", str(spec.shards / source), "--styles", "all",
+                                       "--eval-style", source],
+                  [spec.shards / source / "meta.json"], stamps=spec.shards / "stamps")]
+    for style in spec.styles:
+        if style != source:
+            steps.append(Step(f"shards:{style}", ["data", "emoji-regroup", "--from", str(spec.shards / source),
+                                                  "--out", str(spec.shards / style), "--eval-style", style],
+                              [spec.shards / style / "meta.json"], after=[f"shards:{source}"],
+                              stamps=spec.shards / "stamps"))
+    return steps
 
 
 def _run_steps(spec: FoldsSpec, style: str, name: str, run: Path, seed_sets: list[str]) -> list[Step]:
@@ -90,12 +102,31 @@ def _run_steps(spec: FoldsSpec, style: str, name: str, run: Path, seed_sets: lis
     return [train, *evals]
 
 
+def share_feature_cache(spec: FoldsSpec) -> None:
+    """Every fold's feature cache (beside its train shards) is the rendered fold's, through a symlink.
+
+    A cached view is keyed by its exact pixels (stage1_clip/feature_cache.py) and drawn from (seed, view, sample
+    key), the same in every fold: a Noto drawing's views in the Twemoji fold are its views in the Fluent ones, so
+    about three quarters of a fold's frozen-trunk work is already done by another fold of the same recipe and seed.
+    A fold folder that already has its own cache keeps it.
+    """
+    shared = spec.shards / spec.rendered_fold / FOLDER
+    shared.mkdir(parents=True, exist_ok=True)
+    for style in spec.styles:
+        link = spec.shards / style / FOLDER
+        if style != spec.rendered_fold and not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(Path("..") / spec.rendered_fold / FOLDER, target_is_directory=True)
+
+
 def run_folds(spec: FoldsSpec, runner=None) -> dict:
     """Runs what is not up to date, then writes and returns OUT/folds.json."""
     for style in spec.styles:
         if not spec.build_shards and not (spec.shards / style).is_dir():
             raise MmtoolError(f"fold shards not found: {spec.shards / style}")
     baseline = baseline_of(spec.baseline, spec.styles) if spec.baseline else None  # checked before hours of runs
+    if spec.build_shards:
+        share_feature_cache(spec)
     run_pipeline(plan_folds(spec), spec.out / "stamps", runner=runner)
     folds = {style: read_scores(spec.out / style) for style in spec.styles}
     report = {"config": str(spec.config), "sets": spec.sets, "folds": folds, **mean_and_worst(folds)}

@@ -33,7 +33,7 @@ def fake_mmtool(log: list, figures):
     def run(args):
         log.append(args)
         value = lambda option: Path(args[args.index(option) + 1])  # noqa: E731
-        if args[:2] == ["data", "emoji"]:
+        if args[0] == "data":  # emoji or emoji-regroup
             value("--out").mkdir(parents=True, exist_ok=True)
             (value("--out") / "meta.json").write_text("{}")
         elif args[0] == "pretrain-clip":
@@ -80,8 +80,13 @@ def test_finished_folds_are_skipped_and_shards_are_built_once_for_every_recipe(t
     folds, log = tmp_path / "folds", []
     spec = FoldsSpec(ROOT / "configs/clip/tiny_vit.yaml", tmp_path / "a", ["noto", "twemoji"], shards=folds)
     run_folds(spec, runner=fake_mmtool(log, planted))
-    assert [args[0] for args in log] == ["data", "pretrain-clip", "eval-clip", "eval-clip"] * 2
+    # twemoji, the seed fold, is rendered; noto's shards regroup its samples
+    assert [args[:2] for args in log[:2]] == [["data", "emoji"], ["data", "emoji-regroup"]]
+    assert log[1][log[1].index("--from") + 1] == str(folds / "twemoji")
+    assert [args[0] for args in log[2:]] == ["pretrain-clip", "eval-clip", "eval-clip"] * 2
     assert (folds / "stamps" / "shards_noto.json").is_file()
+    # one feature cache for every fold: the same view of a drawing is the same entry in each
+    assert (folds / "noto" / "feature_cache").resolve() == (folds / "twemoji" / "feature_cache").resolve()
 
     log.clear()
     (tmp_path / "a" / "twemoji" / "clip.pt").unlink()  # an interrupted fold: only it runs again
@@ -133,7 +138,9 @@ def test_every_planned_step_parses_and_trains_on_its_own_fold(tmp_path):
     assert f"data.train={tmp_path}/folds/noto/train-*.tar" in noto and "train.max_steps=20" in noto
     assert "train.seed=5" in trains["pretrain-clip:twemoji:seed5"]
     assert noto.index("train.max_steps=20") > noto.index(f"data.val={tmp_path}/folds/noto/val-*.tar")
-    assert [step.args[-1] for step in steps if step.name.startswith("shards:")] == ["noto", "twemoji"]
+    shards = [step for step in steps if step.name.startswith("shards:")]
+    assert [(step.args[1], step.args[-1]) for step in shards] == [("emoji", "twemoji"), ("emoji-regroup", "noto")]
+    assert shards[1].after == ["shards:twemoji"]  # a new render of twemoji's shards regroups noto's again
 
 
 @pytest.mark.parametrize("spec, message", [
