@@ -43,6 +43,9 @@ def test_deepspeed_sees_the_full_batch_gradient(tmp_path, monkeypatch, zero_stag
 
     cached_step(engine, loss_fn, split(inputs, k))
     # Exactly one optimizer step for the k micro-batches, with the full-batch gradient: DeepSpeed divides by
-    # gradient_accumulation_steps unless told not to, which would show as a k-times smaller norm.
-    assert len(applied_norms) == 1
+    # gradient_accumulation_steps unless told not to, which would show as a k-times smaller norm. Steps are read
+    # from AdamW's own counters: once torch.compile has run in the process (another test), dynamo's wrapper of
+    # Optimizer.step calls the step hooks a second time for the same step.
+    assert [int(state["step"]) for state in torch_optimizer.state.values()] == [1] * len(torch_optimizer.state)
+    assert applied_norms and all(norm.item() == applied_norms[0].item() for norm in applied_norms)
     assert applied_norms[0].item() == pytest.approx(expected_norm.item(), rel=1e-5)
