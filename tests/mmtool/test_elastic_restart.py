@@ -29,6 +29,12 @@ def torchrun_command(shards, out, *agent_args: str) -> list[str]:
             *[arg for item in sets for arg in ("--set", item)]]
 
 
+def latest_step(out) -> int:
+    """The step of the newest complete state (mmtool writes `latest` once every rank's files are saved)."""
+    latest = out / "state" / "latest"
+    return int(latest.read_text().strip().removeprefix("step")) if latest.is_file() else 0
+
+
 def test_a_killed_rank_restarts_from_the_last_state(emoji_shards, tmp_path):
     reference = tmp_path / "uninterrupted"
     subprocess.run(torchrun_command(emoji_shards, reference), check=True, capture_output=True, timeout=TIMEOUT_S,
@@ -39,7 +45,7 @@ def test_a_killed_rank_restarts_from_the_last_state(emoji_shards, tmp_path):
     agent = subprocess.Popen(torchrun_command(emoji_shards, out, *elastic), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, env=clean_env())
     deadline = time.monotonic() + TIMEOUT_S
-    while not (out / "state" / "step2").is_dir():  # mid-run: states are saved after every step
+    while latest_step(out) < 2:  # mid-run: a state is saved after every step; `latest` names a complete one
         assert agent.poll() is None and time.monotonic() < deadline, "the run ended before a rank could be killed"
         time.sleep(0.05)
     workers = psutil.Process(agent.pid).children()
