@@ -168,8 +168,19 @@ class TrainEngine:
 
     def check_finite_weights(self) -> None:
         """Refuses (on every rank) to go on with a NaN or inf among the trained weights: they are never saved."""
-        # Under ZeRO-3 each rank checks its own shard (ds_tensor); the vote covers the rest.
-        local = [getattr(p, "ds_tensor", p) for p in self.engine.module.parameters() if p.requires_grad]
+        local = [owned_values(p, distributed.rank()) for p in self.engine.module.parameters() if p.requires_grad]
         bad = torch.tensor(any(not torch.isfinite(t).all() for t in local), device=self.device)
         if any_rank(bad):
             raise MmtoolError("the trained weights hold NaN or inf values; nothing was saved")
+
+
+def owned_values(param: torch.nn.Parameter, rank: int) -> torch.Tensor:
+    """The values of `param` that `rank` holds: all of it, or under ZeRO-3 its own slice of the flat weight.
+
+    A ZeRO-3 slice is padded to an equal length on every rank, and the padding of the last slices is never
+    written (DeepSpeed allocates it with torch.empty), so it can hold any bits, NaN included."""
+    shard = getattr(param, "ds_tensor", None)
+    if shard is None:
+        return param
+    start = shard.ds_numel * rank  # mmtool partitions over all ranks (one data-parallel group)
+    return shard.narrow(0, 0, max(0, min(shard.ds_numel, param.ds_numel - start)))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmtool.engine import OptimSettings, TrainEngine
+from mmtool.engine import OptimSettings, TrainEngine, owned_values
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
 from mmtool.train_config import TrainSettings
@@ -119,6 +119,23 @@ def test_weights_with_nan_are_never_saved(in_process, tmp_path):
     with pytest.raises(MmtoolError, match="NaN or inf"):
         engine.full_state_dict()
     assert not (tmp_path / "state").exists()
+
+
+def test_zero3_padding_is_not_read_as_weights():
+    """A 5-value weight over 2 ranks: slices of 3, the second padded with one never-written value."""
+    weight = torch.arange(5.0)
+    slices = []
+    for rank in range(2):
+        param = torch.nn.Parameter(torch.empty(0))
+        param.ds_numel = weight.numel()
+        param.ds_tensor = torch.full((3,), math.nan)
+        owned = weight[3 * rank:3 * rank + 3]
+        param.ds_tensor[:owned.numel()] = owned
+        param.ds_tensor.ds_numel = 3
+        slices.append(owned_values(param, rank))
+    assert torch.equal(torch.cat(slices), weight)
+    plain = torch.nn.Parameter(torch.ones(2))
+    assert owned_values(plain, 1) is plain
 
 
 def test_schedule_checks_come_before_any_division():
