@@ -18,9 +18,8 @@ import torch
 from PIL import Image
 
 from mmtool.data.reading.images import BadSample, load_image
-from mmtool.data.reading.loader import resolve_shards
 from mmtool.data.reading.relayout import Layout, origin_positions
-from mmtool.data.reading.sample_stream import parsed_samples
+from mmtool.data.reading.shard_images import ShardImages, shard_images_by_key
 from mmtool.data.reading.text_files import read_utf8, utf8_lines
 from mmtool.errors import MmtoolError
 from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
@@ -43,7 +42,7 @@ class ImageSource:
     """Where image references point: shard samples by key, a folder, or the JSON file's folder."""
     base: Path
     folder: Path | None = None
-    shard_images: dict[str, bytes] | None = None
+    shard_images: ShardImages | None = None
 
     def exists(self, reference: str) -> bool:
         if self.shard_images is not None:
@@ -52,7 +51,7 @@ class ImageSource:
 
     def read(self, reference: str) -> bytes:
         if self.shard_images is not None:
-            return self.shard_images[reference]
+            return self.shard_images.read(reference)  # BadSample when the shards hold no usable image
         return self.path(reference).read_bytes()
 
     def path(self, reference: str) -> Path:
@@ -74,15 +73,6 @@ def read_conversations(path: str | Path, image_folder: str | Path | None = None,
     if not conversations:
         raise MmtoolError(f"{path}: no conversations")
     return conversations, source
-
-
-def shard_images_by_key(spec: str) -> dict[str, bytes]:
-    """{sample key: encoded image} of every sample in the shards (kept in memory: meant for small sets)."""
-    skipped = Counter()
-    images = {sample.key: sample.image for sample in parsed_samples(resolve_shards(spec), skipped)}
-    if skipped:
-        raise MmtoolError(f"image shards {spec}: unreadable samples {dict(skipped)}")
-    return images
 
 
 def _read_records(path: Path) -> list:
