@@ -14,8 +14,8 @@ STATE_DIR = "state"  # under --out
 STATE_TAG = re.compile(r"step(\d+)")
 # What says a folder holds a run, and what --overwrite clears: every file a training run writes under --out.
 RUN_MARKERS = ("config.json", STATE_DIR, "metrics.jsonl")
-RUN_FILES = (*RUN_MARKERS, "tensorboard", "eval.json", "tokenizer.model", "clip.pt", "clip.safetensors", "vlm.pt",
-             "vlm.safetensors", "adapter")
+RUN_FILES = (*RUN_MARKERS, "tensorboard", "eval.json", "plot.png", "tokenizer.model", "clip.pt", "clip.safetensors",
+             "vlm.pt", "vlm.safetensors", "adapter")
 
 
 @dataclass
