@@ -1,4 +1,5 @@
-"""What a user watches during long work: a progress bar, plus metrics in JSONL and TensorBoard."""
+"""What a user watches during long work: a progress bar, plus metrics in JSONL and the trackers of
+`train.report_to` (TensorBoard, wandb, MLflow: mmtool/trackers/)."""
 import json
 import os
 import time
@@ -6,20 +7,21 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from mmtool.trackers import Trackers
+
 
 class RunLog:
     """Only rank 0 writes; other ranks get a silent instance so call sites need no rank checks."""
 
-    def __init__(self, out_dir: Path, total_steps: int, initial_step: int = 0, enabled: bool = True):
+    def __init__(self, out_dir: Path, total_steps: int, initial_step: int = 0, enabled: bool = True,
+                 report_to: list[str] = ("tensorboard",), project: str = "mmtool", config: dict | None = None):
         self.enabled = enabled
         if not enabled:
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         drop_cut_last_line(out_dir / "metrics.jsonl")
+        self.trackers = Trackers(list(report_to), out_dir, project, config or {}, say=tqdm.write)
         self.jsonl = open(out_dir / "metrics.jsonl", "a", buffering=1)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tensorboard = SummaryWriter(str(out_dir / "tensorboard"))
         self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, desc="train")
 
     def progress(self, steps: int, **shown) -> None:
@@ -34,9 +36,7 @@ class RunLog:
             return
         record = {"time": round(time.time(), 3), "step": step, "split": split, **metrics}
         self.jsonl.write(json.dumps(record) + "\n")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)):
-                self.tensorboard.add_scalar(f"{split}/{key}", value, step)
+        self.trackers.log(step, split, metrics)
 
     def evaluation(self, step: int, metrics: dict) -> None:
         """The val record and its `[eval step N]` line; nothing when there was nothing to evaluate."""
@@ -53,7 +53,7 @@ class RunLog:
         if self.enabled:
             self.bar.close()
             self.jsonl.close()
-            self.tensorboard.close()
+            self.trackers.close()
 
 
 class ThroughputWindow:

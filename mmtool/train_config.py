@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from mmtool.config import DeepSpeedConfig
 from mmtool.optim import ParamGroupRule
+from mmtool.trackers import unknown_tracker
 
 
 @dataclass
@@ -30,6 +31,10 @@ class TrainSettings:
     # Per-parameter lr / weight decay by name regex, first match wins; lr 0 freezes (mmtool/optim.py).
     param_groups: list[ParamGroupRule] = field(default_factory=list)
     log_every: int = 10
+    # Where the train and val records go besides metrics.jsonl: tensorboard (RUN/tensorboard/), wandb, mlflow
+    # (mmtool/trackers/; wandb and mlflow need `pip install 'mmtool[trackers]'`). Rank 0 only.
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str = "mmtool"  # the wandb project / MLflow experiment the run is logged in
     eval_every: int = 0  # steps; 0 = at the end of each epoch only
     eval_at_start: bool = False  # also evaluate before the first step (the baseline the val figures move from)
     save_every: int = 0  # steps; 0 = at the end of each epoch only
@@ -37,3 +42,7 @@ class TrainSettings:
     threads: int | None = None  # torch intra-op threads on CPU
     # A step whose loss is non-finite on any rank is skipped (no update); this many in a row end the run.
     max_nonfinite_steps: int = 5
+
+    def __post_init__(self):
+        if problem := unknown_tracker(self.report_to):
+            raise ValueError(problem)

@@ -16,6 +16,7 @@ from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.nonfinite import count_nonfinite
 from mmtool.run_log import RunLog, ThroughputWindow
 from mmtool.run_plot import plot_run_if_possible
+from mmtool.trackers import check_trackers
 from mmtool.train_cadence import Cadence, steps_per_epoch
 from mmtool.train_config import TrainSettings
 from mmtool.train_state import STATE_DIR, Progress, resuming, save_rotating_state
@@ -69,6 +70,7 @@ def start_run(settings: TrainSettings, batch_size: int, out: Path, resume: bool)
     """Before a stage builds its model: process group, threads, the seed its initial weights come from, and
     settings.accum_steps for this number of ranks (from train.global_batch, or the resumed run's global batch)."""
     distributed.init_distributed()
+    check_trackers(settings.report_to)  # a missing wandb / mlflow fails now, not after the model is built
     settings.accum_steps = run_accum(settings, batch_size, out / STATE_DIR if resuming(out, resume) else None)
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -93,7 +95,8 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
         stage.load_state(client_state)
     if distributed.is_main():
         (out / "config.json").write_text(json.dumps(config, indent=2))
-    log = RunLog(out, total_steps, progress.step, enabled=distributed.is_main())
+    log = RunLog(out, total_steps, progress.step, enabled=distributed.is_main(), report_to=settings.report_to,
+                 project=settings.tracker_project, config=config)
     params = list(stage.model.parameters())
     log.message(f"training {sum(p.numel() for p in params if p.requires_grad) / 1e6:.3f}M of "
                 f"{sum(p.numel() for p in params) / 1e6:.1f}M parameters on {stage.samples} samples, global batch "

