@@ -16,6 +16,7 @@ from mmtool.errors import MmtoolError
 from mmtool.export.hf_clip import image_processor, vision_tower_to_hf
 from mmtool.export.model_card import write_model_card
 from mmtool.config import from_dict
+from mmtool.progress import StepBar
 from stage1_clip.config import ClipConfig
 
 
@@ -83,6 +84,21 @@ def export_llava(bundle, out: Path) -> Path:
                                chat_template=bundle.tokenizer.chat_template)
     processor.save_pretrained(out)
     return out
+
+
+def export_llava_folder(model: Path, out: Path, llm: str | None = None) -> tuple[Path, Path]:
+    """`mmtool export-llava`: load the model (the LLM takes most of the time), write the folder and its card, with a
+    bar on a terminal; returns (the folder, its README.md)."""
+    from stage3_llm.checkpoint import load_finetuned
+
+    with StepBar("export-llava", total=3) as bar:
+        with bar.step(f"read {Path(model).name}"):
+            bundle = load_finetuned(model, llm)
+        with bar.step("merge + write hf"):
+            folder = export_llava(bundle, out)
+        with bar.step("model card"):
+            card = write_llava_card(bundle, model, out)
+    return folder, card
 
 
 def write_llava_card(bundle, model: Path, out: Path) -> Path:

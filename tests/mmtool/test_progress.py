@@ -45,3 +45,20 @@ def test_eval_clip_shows_reading_its_eval_set(emoji_shards, monkeypatch):
     eval_set = make_eval_set(resolve_shards(str(emoji_shards / "val-*.tar")), 32)
     shown = terminal.getvalue().split("\r")[-1]
     assert f"read eval set: {len(eval_set['caption'])}img" in shown and "img/s" in shown
+
+
+def test_a_step_bar_counts_named_steps_and_says_where_it_failed(monkeypatch):
+    from mmtool.progress import StepBar
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    try:
+        with StepBar("export", total=3) as bar:
+            with bar.step("read"):
+                pass
+            with bar.step("write"):
+                raise OSError("disk full")
+    except OSError:
+        pass
+    shown = terminal.getvalue().split("\r")[-1]
+    assert shown.startswith("export:  33%") and "1/3" in shown and "failed" in shown, shown
