@@ -238,14 +238,16 @@ def pipeline(
     force: Annotated[bool, typer.Option(help="Re-run every step, even those that are up to date")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the steps and whether each is up to date; run nothing")]
     = False,
+    until: Annotated[Optional[str], typer.Option(help="Stop after this step (its name in the summary, e.g. "
+                                                      "pretrain-clip); the later steps are left as they are")] = None,
     config_argument: Annotated[Optional[str], typer.Argument(hidden=True)] = None,  # before --config
 ):
     """Stage 1 -> stage 2 -> stage 3 -> exports -> evaluations, skipping steps whose outputs are up to date."""
-    from mmtool.pipeline import PipelineConfig, format_summary, plan, run_pipeline
+    from mmtool.pipeline import PipelineConfig, format_summary, plan, run_pipeline, steps_until
 
     config = one_of(config, config_argument, "--config") or "emoji"
     cfg = load_or_print(PipelineConfig, config, overrides, "pipeline", print_config)
-    steps = plan(cfg)
+    steps = steps_until(plan(cfg), until)
     runner = (lambda args: print(f"would run: mmtool {' '.join(args)}")) if dry_run else None
     rows = run_pipeline(steps, Path(cfg.out) / "stamps", force=force, runner=runner, record=not dry_run)
     print("\n" + format_summary(rows))

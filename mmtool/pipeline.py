@@ -160,6 +160,17 @@ def plan(cfg: PipelineConfig) -> list[Step]:
     return steps
 
 
+def steps_until(steps: list[Step], last: str | None) -> list[Step]:
+    """The steps up to and including the one named `last` (all of them when None); the later ones are left as
+    they are. An unknown name is refused in one line listing the names."""
+    if last is None:
+        return steps
+    names = [step.name for step in steps]
+    if last not in names:
+        raise MmtoolError(f"--until {last}: no such step in this pipeline (its steps: {', '.join(names)})")
+    return steps[:names.index(last) + 1]
+
+
 def clip_vision_type(stage: ClipSpec) -> str:
     from mmtool.config import load_config
     from stage1_clip.config import ClipConfig

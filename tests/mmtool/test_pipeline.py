@@ -8,7 +8,7 @@ import typer.main
 from mmtool.cli import app
 from mmtool.config import load_config
 from mmtool.errors import MmtoolError
-from mmtool.pipeline import PipelineConfig, Step, plan, run_pipeline
+from mmtool.pipeline import PipelineConfig, Step, plan, run_pipeline, steps_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,17 @@ def test_single_stage_plans_no_align_step_and_finetunes_from_the_clip_checkpoint
     assert finetune.after == ["pretrain-clip", "instructions"]
     root = typer.main.get_command(app)
     root.commands["finetune"].make_context("finetune", list(finetune.args[1:]))
+
+
+def test_until_keeps_the_steps_up_to_the_named_one_and_refuses_an_unknown_name(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml"))
+    assert steps_until(steps, None) == steps
+    assert [step.name for step in steps_until(steps, "eval-clip:val")] == ["emoji-shards", "pretrain-clip",
+                                                                          "eval-clip:val"]
+    with pytest.raises(MmtoolError, match=r"^--until clip: no such step in this pipeline \(its steps: emoji-shards, "
+                                          r"pretrain-clip, eval-clip:val, "):
+        steps_until(steps, "clip")
 
 
 def fake_steps(tmp_path: Path) -> tuple[list[Step], Path]:
