@@ -220,13 +220,11 @@ def export_llava(
 ):
     """Write a transformers LlavaForConditionalGeneration folder (LoRA merged; tokenizer, processor, template) with
     its model card (README.md)."""
-    from mmtool.export.llava import export_llava as run
-    from mmtool.export.llava import write_llava_card
-    from stage3_llm.checkpoint import load_finetuned
+    from mmtool.export.llava import export_llava_folder
 
-    bundle = load_finetuned(model, llm)
-    print(f"wrote {run(bundle, out)}")
-    print(f"wrote {write_llava_card(bundle, model, out)}")
+    folder, card = export_llava_folder(model, out, llm)
+    print(f"wrote {folder}")
+    print(f"wrote {card}")
     push_if_asked(out, push_to_hub)
 
 
