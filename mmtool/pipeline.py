@@ -8,14 +8,17 @@ everything downstream of it, and nothing else.
 """
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from mmtool.config import FilePath, NameOrPath, PathField
+from mmtool.data.reading.worker_lifetime import die_with_parent
 from mmtool.errors import MmtoolError
 from mmtool.pipeline_launch import LauncherSpec, check_launcher, process_command
 
@@ -241,7 +244,9 @@ def run_pipeline(steps: list[Step], stamps: Path, force: bool = False, runner=No
 
 
 def _run_mmtool(args: list[str], launcher: LauncherSpec | None = None) -> None:
-    done = subprocess.run(process_command(launcher, args))
+    # A step dies with the pipeline: one left training after a SIGKILL of the pipeline alone would write into the
+    # run folder that a re-run of the pipeline resumes in.
+    done = subprocess.run(process_command(launcher, args), preexec_fn=partial(die_with_parent, os.getpid()))
     if done.returncode != 0:
         raise MmtoolError(f"`mmtool {' '.join(args)}` failed (exit {done.returncode}); fix it and re-run the "
                           "pipeline: finished steps are kept")

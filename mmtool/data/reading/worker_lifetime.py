@@ -1,4 +1,4 @@
-"""Loader worker processes die with the process that started them.
+"""Loader worker processes (and the pipeline's step processes) die with the process that started them.
 
 PyTorch's own check (a worker polls its parent every 5 s) is not enough: a worker whose parent was SIGKILLed can
 hang for good on exit, joining the thread that feeds its result queue (measured: 2 of 2 workers of a killed
