@@ -75,7 +75,8 @@ def eval_clip(
     bundle = load_clip(required(one_of(clip, checkpoint, "--clip"), "--clip"))
     cfg = bundle.config
     eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields)
-    metrics = evaluate_clip(bundle.model, bundle.tokenize, eval_set, cfg.eval.templates, cfg.eval.batch_size)
+    metrics = evaluate_clip(bundle.model, bundle.tokenize, eval_set, cfg.eval.templates, cfg.eval.batch_size,
+                            show_progress=True)
     print_table(metrics)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

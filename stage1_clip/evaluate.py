@@ -3,20 +3,28 @@ with prompt-template ensembles."""
 import torch
 import torch.nn.functional as F
 
+from mmtool.progress import progress
+
+
+def batch_starts(total: int, batch_size: int, desc: str | None):
+    """Start indices of the batches; with `desc`, under a progress bar (a terminal only) counting batches."""
+    starts = range(0, total, batch_size)
+    return progress(starts, desc=desc, unit="batch") if desc else starts
+
 
 @torch.no_grad()
-def embed_images(model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def embed_images(model, images: torch.Tensor, batch_size: int, desc: str | None = None) -> torch.Tensor:
     param = next(model.parameters())
     chunks = [model.encode_image(images[i:i + batch_size].to(param.device, param.dtype))
-              for i in range(0, len(images), batch_size)]
+              for i in batch_starts(len(images), batch_size, desc)]
     return torch.cat(chunks).float()  # [N, D]
 
 
 @torch.no_grad()
-def embed_texts(model, tokenize, texts: list[str], batch_size: int) -> torch.Tensor:
+def embed_texts(model, tokenize, texts: list[str], batch_size: int, desc: str | None = None) -> torch.Tensor:
     device = next(model.parameters()).device
     chunks = []
-    for i in range(0, len(texts), batch_size):
+    for i in batch_starts(len(texts), batch_size, desc):
         ids, mask = tokenize(texts[i:i + batch_size])
         chunks.append(model.encode_text(ids.to(device), mask.to(device)))
     return torch.cat(chunks).float()  # [N, D]
@@ -84,12 +92,15 @@ def zero_shot_accuracy(model, tokenize, image_emb: torch.Tensor, labels: list[st
     return (logits.argmax(1) == target).float().mean().item()
 
 
-def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_size: int = 256) -> dict:
-    """eval_set: {"image": [N,3,H,W], "caption": [N], "labels": {field: [N]}}, as make_eval_set gives."""
+def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_size: int = 256,
+                  show_progress: bool = False) -> dict:
+    """eval_set: {"image": [N,3,H,W], "caption": [N], "labels": {field: [N]}}, as make_eval_set gives.
+    show_progress: bars over the embedding (eval-clip; not the evaluations inside a training run's own bar)."""
     was_training = model.training
     model.eval()
-    image_emb = embed_images(model, eval_set["image"], batch_size)
-    text_emb = embed_texts(model, tokenize, eval_set["caption"], batch_size)
+    image_desc, text_desc = ("embed images", "embed captions") if show_progress else (None, None)
+    image_emb = embed_images(model, eval_set["image"], batch_size, image_desc)  # [N, D]
+    text_emb = embed_texts(model, tokenize, eval_set["caption"], batch_size, text_desc)  # [N, D]
     metrics = retrieval_recall(image_emb, text_emb, eval_set["caption"])
     for field, labels in eval_set["labels"].items():
         metrics.update(within_group_recall(image_emb, text_emb, eval_set["caption"], labels, field))
