@@ -19,7 +19,7 @@ import pytest
 
 from mmtool.config import load_config
 from mmtool.pipeline import PipelineConfig, fingerprint, plan
-from tests.mmtool.data.reading.test_reliability_orphans import alive
+from tests.helpers.processes import group_members
 from tests.mmtool.test_faults_sigkill import logged_steps
 from tests.stage1_clip.test_train_e2e import TINY, clean_env
 
@@ -48,19 +48,6 @@ def write_config(shards: Path, tmp_path: Path) -> Path:
 
 def command(config: Path) -> list[str]:
     return [sys.executable, "-m", "mmtool", "pipeline", "--config", str(config), "--until", "eval-clip:val"]
-
-
-def group_members(group: int) -> list[int]:
-    """Live processes (zombies count as gone) of a process group."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def saved_step(clip: Path) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mmtool.data.reading.test_reliability_orphans import alive, children
+from tests.helpers.processes import alive, children
 from tests.stage1_clip.test_train_e2e import TINY, clean_env, pretrain, train_losses
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mmtool.pipeline import Step, run_pipeline
-from tests.mmtool.data.reading.test_reliability_orphans import alive
+from tests.helpers.processes import alive
 
 pytestmark = pytest.mark.faults
 
