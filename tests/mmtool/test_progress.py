@@ -6,11 +6,7 @@ from PIL import Image
 
 from mmtool.data.building.jsonl import build_from_jsonl
 from mmtool.progress import progress
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+from tests.helpers.terminal import Terminal
 
 
 def test_a_terminal_gets_count_rate_and_eta(monkeypatch):

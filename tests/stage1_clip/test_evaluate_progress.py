@@ -1,16 +1,10 @@
 """eval-clip shows bars over its embedding on a terminal (reaching their totals) and scores the same as without."""
-import io
-
 import torch
 
 from stage1_clip.checkpoint import load_clip
 from stage1_clip.evaluate import evaluate_clip
+from tests.helpers.terminal import Terminal
 from tests.helpers.tiny_vlm import save_tiny_clip
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def test_eval_bars_reach_their_totals_and_change_no_score(tmp_path, monkeypatch):

@@ -4,12 +4,8 @@ import io
 import pytest
 
 from mmtool.export.run import export
+from tests.helpers.terminal import Terminal
 from tests.helpers.tiny_vlm import save_tiny_clip
-
-
-class Terminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
 
 
 def last_bar(terminal: Terminal) -> str:
