@@ -23,10 +23,11 @@ from stage2_projector.features import PatchFeatures
 from stage2_projector.llm import LoadedLlm, check_same_llm, load_llm
 from stage2_projector.model import VisionLanguageModel
 from stage2_projector.projector import build_projector
+from stage2_projector.tower_tags import TowerTags
 
 KIND = "vlm"
 MODEL_FILE = "vlm.pt"  # inside a run folder
-SAVED_PREFIXES = ("vision.", "projector.")  # the LLM is referenced, not copied
+SAVED_PREFIXES = ("vision.", "projector.", "tower_tags.")  # the LLM is referenced, not copied
 
 
 @dataclass
@@ -110,6 +111,8 @@ def load_vlm(path: str | Path, llm: str | LoadedLlm | None = None) -> VlmBundle:
     projector = build_projector(record["projector"]["type"], record["projector"]["in_dim"],
                                 record["projector"]["out_dim"])
     model = VisionLanguageModel(features, projector, llm.model, llm.image_token_id)
+    if record.get("tower_tags"):
+        model.tower_tags = TowerTags.from_record(record["tower_tags"], embed_dim)
     missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
     missing = [name for name in missing if name.startswith(SAVED_PREFIXES)]
     if missing or unexpected:

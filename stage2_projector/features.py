@@ -68,6 +68,12 @@ class PatchFeatures(nn.Module):
         joint_part = F.pad(joint.to(patches.dtype), (self.patch_width, 0)).unsqueeze(1)  # [B, 1, C + E]
         return torch.cat([patch_part, joint_part], dim=1)  # [B, N + 1, C + E]
 
+    def joint_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """[B, N + 1, C + E] features -> [B, E]: the embedding token's vector as CLIP's unit image embedding."""
+        if self.embedding is None:
+            raise MmtoolError("this model has no CLIP embedding token (align's model.clip_embedding_token: true)")
+        return features[:, -1, self.patch_width:] / self.embed_dim ** 0.5  # [B, E]
+
     def _efficientnet_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The package's extract_features, keeping every stage's output (drop-connect as it does in training)."""
         tower, net = self.tower, self.tower.net

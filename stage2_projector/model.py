@@ -24,6 +24,7 @@ class VisionLanguageModel(nn.Module):
         self.llm = llm
         self.image_token_id = image_token_id
         self.feature_cache = None  # a stage2_projector.feature_cache.FeatureCache while training on a frozen tower
+        self.tower_tags = None  # a stage2_projector.tower_tags.TowerTags when prompts carry the tower's tags
 
     def train(self, mode: bool = True) -> "VisionLanguageModel":
         super().train(mode)
@@ -43,6 +44,16 @@ class VisionLanguageModel(nn.Module):
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Pixels [B, 3, H, W] or tower features [B, N, C] -> [B, N, D_llm] image token embeddings."""
         return self.projector(self.image_features(images).to(self._projector_dtype()))  # [B, N, D_llm]
+
+    def tag_lines(self, images: torch.Tensor) -> list[str]:
+        """Pixels [B, 3, H, W] or features [B, N, C] -> each image's tower-tag line (stage2_projector/tower_tags.py)."""
+        was_training = self.vision.training
+        self.vision.eval()  # tags are the tower's inference answer: no drop-connect, BatchNorm statistics kept
+        with torch.no_grad():
+            features = self.image_features(images.to(next(self.vision.parameters()).dtype))  # [B, N, C]
+            lines = self.tower_tags.lines(self.vision.joint_embeddings(features))
+        self.vision.train(was_training)
+        return lines
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """LLM input embeddings [B, T, D_llm] with the i-th image's features written, in order, over its

@@ -19,6 +19,14 @@ class LoraSettings:
 
 
 @dataclass
+class TowerTagSettings:
+    """The tower's nearest names and groups as a text line after the image tokens (stage2_projector/tower_tags.py),
+    over the names and groups of data.train's naming and group questions; 0 names and 0 groups = off."""
+    names: int = 0
+    groups: int = 0
+
+
+@dataclass
 class ModelConfig:
     base: FilePath | None = None  # an aligned (stage-2) or finetuned (stage-3) checkpoint: vlm.pt or its run folder
     llm: NameOrPath | None = None  # load the LLM from here instead of the spec the checkpoint records
@@ -28,6 +36,7 @@ class ModelConfig:
     vision: FilePath | None = None
     align: AlignModelConfig = field(default_factory=AlignModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    tower_tags: TowerTagSettings = field(default_factory=TowerTagSettings)
 
 
 @dataclass

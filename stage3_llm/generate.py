@@ -8,6 +8,7 @@ from transformers import TextStreamer
 
 from stage2_projector.chat_format import encode_prompt
 from stage2_projector.llm import IMAGE_TOKEN
+from stage2_projector.tower_tags import tagged
 
 
 class CallbackStreamer(TextStreamer):
@@ -22,10 +23,20 @@ class CallbackStreamer(TextStreamer):
             self.on_text(text)
 
 
-def prompt_ids(tokenizer, question: str, num_image_tokens: int) -> list[int]:
-    """One user turn holding the image (first, as in training unless the question places `<image>` itself)."""
+def prompt_ids(tokenizer, question: str, num_image_tokens: int, tag_line: str | None = None) -> list[int]:
+    """One user turn holding the image (first, as in training unless the question places `<image>` itself), and
+    after it the image's tower tags when the model has them."""
     content = question if IMAGE_TOKEN in question else f"{IMAGE_TOKEN}\n{question}"
+    if tag_line is not None:
+        content = tagged(content, tag_line)
     return encode_prompt(tokenizer, [{"role": "user", "content": content}], IMAGE_TOKEN, num_image_tokens)
+
+
+def tag_lines(model, images: torch.Tensor) -> list[str | None]:
+    """[B, 3, S, S] -> the images' tower-tag lines, or None for each when the model has no tags."""
+    if model.tower_tags is None:
+        return [None] * len(images)
+    return model.tag_lines(images)
 
 
 @torch.no_grad()
@@ -34,7 +45,7 @@ def generate(model, tokenizer, image: torch.Tensor, question: str, num_image_tok
     """The answer's token ids (end-of-turn token included when reached); `image` is [3, S, S] preprocessed.
     temperature 0 = greedy decoding."""
     model.eval()
-    input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens)])  # [1, T]
+    input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens, tag_lines(model, image[None])[0])])
     embeds = model.embed(input_ids, image[None].to(next(model.vision.parameters()).dtype))  # [1, T, D]
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
@@ -56,7 +67,8 @@ def generate_batch(model, tokenizer, images: torch.Tensor, questions: list[str],
     end-of-turn token (included, as `generate` returns it).
     """
     model.eval()
-    prompts = [prompt_ids(tokenizer, question, num_image_tokens) for question in questions]
+    prompts = [prompt_ids(tokenizer, question, num_image_tokens, line)
+               for question, line in zip(questions, tag_lines(model, images))]
     length = max(len(ids) for ids in prompts)
     input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)  # [B, T]

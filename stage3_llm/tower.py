@@ -28,6 +28,7 @@ from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import ClipBundle, load_clip
 from stage1_clip.evaluate import embed_images, embed_texts
 from stage2_projector.llm import IMAGE_TOKEN
+from stage2_projector.tower_tags import TowerTags
 from stage3_llm.conversations import Conversation, ImageSource
 
 NAME_TEMPLATE = "an emoji of {}"
@@ -116,3 +117,17 @@ def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch
     prompts = [template.format(name.replace("-", " ").replace("_", " ")) for name in names for template in templates]
     per_prompt = embed_texts(clip.model, clip.tokenize, prompts, batch_size)  # [C * K, D]
     return F.normalize(per_prompt.view(len(names), len(templates), -1).mean(1), dim=-1)  # [C, D]
+
+
+def build_tower_tags(clip: ClipBundle, conversations: list[Conversation], names: int, groups: int) -> TowerTags:
+    """Tags over every name and group the conversations ask about or answer with, embedded as the tower baseline
+    embeds its candidates (so a tag line lists the tower baseline's own top answers)."""
+    vocabulary = candidates(conversations)
+    if not vocabulary["name"] and not vocabulary["group"]:
+        raise MmtoolError(f"model.tower_tags: {conversations[0].where.split('#')[0]} holds no naming or group "
+                          "question to take the tags' names and groups from")
+    tags = TowerTags(vocabulary["name"], vocabulary["group"], clip.config.model.embed_dim, names, groups)
+    for kind, buffer in (("name", tags.name_embeddings), ("group", tags.group_embeddings)):
+        if vocabulary[kind]:
+            buffer.copy_(candidate_embeddings(clip, vocabulary[kind], kind))
+    return tags

@@ -22,7 +22,7 @@ from stage3_llm.checkpoint import add_lora, save_finetuned
 from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import collate_conversations, epoch_batches, readable_items, training_items
 from stage3_llm.start_model import start_bundle, start_file
-from stage3_llm.training_data import finetune_datasets
+from stage3_llm.training_data import finetune_datasets, set_tower_tags
 
 
 def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
@@ -40,6 +40,7 @@ def finetune(cfg: FinetuneConfig, out: Path, resume: bool = False) -> dict:
     if not cfg.model.lora.enabled and continues_adapter:
         raise MmtoolError(f"--model {cfg.model.base} carries a LoRA adapter: keep model.lora.enabled true, or "
                           "export a merged model for full fine-tuning")
+    set_tower_tags(cfg, bundle)
     record = {**bundle.record, "finetune": {"config": to_dict(cfg), "base": str(base_file), "base_sha256": base_sha,
                                             "lora": cfg.model.lora.enabled}}
     config = {**to_dict(cfg), "base_sha256": base_sha}  # what --resume checks

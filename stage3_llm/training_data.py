@@ -1,14 +1,23 @@
-"""What stage 3 trains and validates on: the configured conversation files, encoded for the aligned model."""
+"""What stage 3 trains and validates on: the configured conversation files, encoded for the aligned model, with
+the tower's tags after each image when model.tower_tags asks for them (stage2_projector/tower_tags.py)."""
 import sys
+from dataclasses import replace
 from functools import partial
 
 import numpy as np
+import torch
 
 from mmtool import distributed
-from mmtool.data.reading.images import eval_transform
+from mmtool.data.reading.images import BadSample, eval_transform
+from mmtool.errors import MmtoolError
+from mmtool.progress import progress
 from stage2_projector.checkpoint import VlmBundle
+from stage2_projector.tower_tags import tagged
 from stage3_llm.config import FinetuneConfig
-from stage3_llm.conversations import ConversationDataset, read_conversations
+from stage3_llm.conversations import Conversation, ConversationDataset, ImageSource, read_conversations
+from stage3_llm.tower import build_tower_tags, load_tower
+
+TAG_BATCH = 64  # images per tower pass while tagging
 
 
 def capped(conversations: list, max_samples: int | None, seed: int, where: str) -> tuple[list, str | None]:
@@ -33,9 +42,50 @@ def finetune_datasets(cfg: FinetuneConfig, bundle: VlmBundle) -> tuple[Conversat
     conversations, note = capped(conversations, cfg.data.max_samples, cfg.train.seed, cfg.data.train)
     if note and distributed.is_main():
         print(note, file=sys.stderr)
-    train_set = encode(conversations, source)
+    train_set = encode(with_tower_tags(bundle, conversations, source), source)
     val_set = None
     if cfg.data.val:
         val_conversations, val_source = read_conversations(cfg.data.val, cfg.data.image_folder, cfg.data.image_shards)
-        val_set = encode(val_conversations[:cfg.data.val_samples], val_source)
+        val_set = encode(with_tower_tags(bundle, val_conversations[:cfg.data.val_samples], val_source), val_source)
     return train_set, val_set
+
+
+def set_tower_tags(cfg: FinetuneConfig, bundle: VlmBundle) -> None:
+    """Gives the model the tags model.tower_tags asks for, over data.train's names and groups (embedded by the
+    stage-1 CLIP the model was aligned on), and records them; with 0 names and 0 groups, takes away any the
+    starting model had."""
+    settings = cfg.model.tower_tags
+    bundle.record.pop("tower_tags", None)
+    bundle.model.tower_tags = None
+    if settings.names <= 0 and settings.groups <= 0:
+        return
+    if not bundle.record["vision"].get("clip_embedding_token"):
+        raise MmtoolError("model.tower_tags needs the CLIP embedding token: align with "
+                          "model.clip_embedding_token true (or set it in model.align for a single-stage run)")
+    conversations, _ = read_conversations(cfg.data.train, cfg.data.image_folder, cfg.data.image_shards)
+    clip = load_tower(bundle.record, str(cfg.model.base or cfg.model.vision), None, any_vision=False)
+    bundle.model.tower_tags = build_tower_tags(clip, conversations, settings.names, settings.groups)
+    bundle.record["tower_tags"] = bundle.model.tower_tags.record()
+
+
+def with_tower_tags(bundle: VlmBundle, conversations: list[Conversation], source: ImageSource) -> list[Conversation]:
+    """The conversations with each image's tag line after its `<image>` marker (as generation writes it); the
+    same conversations when the model has no tags. An image that cannot be read gets none: training skips it."""
+    if bundle.model.tower_tags is None:
+        return conversations
+    images = sorted({c.image for c in conversations if c.image is not None})
+    lines = {}
+    bar = progress(total=len(images), desc="tower tags", unit="img")
+    for start in range(0, len(images), TAG_BATCH):
+        readable = {}
+        for image in images[start:start + TAG_BATCH]:
+            try:
+                readable[image] = bundle.preprocess(source.read(image))  # [3, S, S]
+            except (BadSample, OSError):
+                continue
+        if readable:
+            lines.update(zip(readable, bundle.model.tag_lines(torch.stack(list(readable.values())))))
+        bar.update(min(TAG_BATCH, len(images) - start))
+    bar.close()
+    return [replace(c, turns=[{**turn, "content": tagged(turn["content"], lines[c.image])} for turn in c.turns])
+            if c.image in lines else c for c in conversations]

@@ -1,0 +1,58 @@
+"""Tower tags: the stage-1 CLIP's own nearest names and groups for an image, written as text after its image tokens.
+
+A 135M LLM tuned on a few thousand conversations does not learn to read a concept's name out of ten image tokens
+(docs/stage23_results.md: 0-1% naming on held-out drawings while its tower names 14-17%). Its CLIP tower already
+ranks names by image-text similarity; tags hand that ranking to the LLM as words it can copy and compare, the way
+LENS (Berrios et al. 2023) feeds a frozen LLM with CLIP's tags. The image tokens stay: the LLM reads both.
+
+The vocabulary (names and groups) and its CLIP text embeddings are fixed when stage 3 starts and saved with the
+model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
+tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
+line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols."
+"""
+import torch
+from torch import nn
+
+from stage2_projector.llm import IMAGE_TOKEN
+
+
+class TowerTags(nn.Module):
+    def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int):
+        super().__init__()
+        self.names, self.groups = list(names), list(groups)
+        self.name_count, self.group_count = min(name_count, len(names)), min(group_count, len(groups))
+        # Filled by the builder (stage3_llm/tower.py) or a checkpoint's state dict.
+        self.register_buffer("name_embeddings", torch.zeros(len(names), embed_dim))  # [V, D] unit rows
+        self.register_buffer("group_embeddings", torch.zeros(len(groups), embed_dim))  # [G, D] unit rows
+
+    def record(self) -> dict:
+        """What a checkpoint's record keeps to rebuild this module before its buffers load."""
+        return {"names": self.names, "groups": self.groups, "name_count": self.name_count,
+                "group_count": self.group_count}
+
+    @classmethod
+    def from_record(cls, record: dict, embed_dim: int) -> "TowerTags":
+        return cls(record["names"], record["groups"], embed_dim, record["name_count"], record["group_count"])
+
+    @torch.no_grad()
+    def lines(self, image_embeddings: torch.Tensor) -> list[str]:
+        """[B, D] unit image embeddings -> one tag line per image: nearest names, then nearest groups, best first."""
+        image_embeddings = image_embeddings.to(self.name_embeddings.dtype)
+        names = (image_embeddings @ self.name_embeddings.T).topk(self.name_count, dim=1).indices  # [B, k]
+        groups = (image_embeddings @ self.group_embeddings.T).topk(self.group_count, dim=1).indices  # [B, g]
+        return [tag_line([self.names[i] for i in name_row.tolist()], [self.groups[i] for i in group_row.tolist()])
+                for name_row, group_row in zip(names, groups)]
+
+
+def tag_line(names: list[str], groups: list[str]) -> str:
+    parts = []
+    if names:
+        parts.append(f"Tags: {'; '.join(names)}.")
+    if groups:
+        parts.append(f"Groups: {'; '.join(groups)}.")
+    return " ".join(parts)
+
+
+def tagged(content: str, line: str) -> str:
+    """A user turn's text with the tag line right after its `<image>` marker (unchanged without one)."""
+    return content.replace(IMAGE_TOKEN, f"{IMAGE_TOKEN}\n{line}", 1)

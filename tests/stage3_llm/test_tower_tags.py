@@ -1,0 +1,117 @@
+"""Tower tags: the tag line ranks the vocabulary as a float64 reference does, sits right after the image marker in
+training and generation alike, travels with the checkpoint, names the tower baseline's own answer first, and is
+refused without the CLIP embedding token."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmtool.config import load_config
+from mmtool.data.building.instructions import WHAT_QUESTIONS, build_instructions
+from mmtool.errors import MmtoolError
+from stage1_clip.checkpoint import load_clip
+from stage2_projector.checkpoint import build_vlm, save_vlm
+from stage2_projector.config import AlignConfig
+from stage2_projector.tower_tags import TowerTags, tag_line, tagged
+from stage3_llm.checkpoint import load_finetuned
+from stage3_llm.config import FinetuneConfig
+from stage3_llm.conversations import read_conversations
+from stage3_llm.generate import generate_batch, prompt_ids, tag_lines
+from stage3_llm.start_model import start_bundle, start_file
+from stage3_llm.tower import candidate_embeddings, candidates, tower_answers
+from stage3_llm.train import finetune
+from stage3_llm.training_data import finetune_datasets, set_tower_tags
+from tests.helpers.emoji import write_emoji_shards
+from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_llm
+
+
+def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
+    generator = torch.Generator().manual_seed(0)
+    names, groups = [f"name {i}" for i in range(12)], [f"group {i}" for i in range(4)]
+    tags = TowerTags(names, groups, embed_dim=8, name_count=3, group_count=2)
+    tags.name_embeddings.copy_(F.normalize(torch.randn(12, 8, generator=generator), dim=-1))
+    tags.group_embeddings.copy_(F.normalize(torch.randn(4, 8, generator=generator), dim=-1))
+    images = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)  # [5, 8]
+    expected = []
+    for image in images.double():
+        name_order = (tags.name_embeddings.double() @ image).argsort(descending=True)[:3]
+        group_order = (tags.group_embeddings.double() @ image).argsort(descending=True)[:2]
+        expected.append(f"Tags: {'; '.join(names[i] for i in name_order)}. "
+                        f"Groups: {'; '.join(groups[i] for i in group_order)}.")
+    assert tags.lines(images) == expected
+
+
+def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
+    assert tagged("<image>\nIs this a cat?", "Tags: cat.") == "<image>\nTags: cat.\nIs this a cat?"
+    assert tagged("And its group?", "Tags: cat.") == "And its group?"
+    assert tag_line(["cat", "dog"], []) == "Tags: cat; dog."
+    assert tag_line([], ["Animals"]) == "Groups: Animals."
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """An aligned tiny VLM with the CLIP embedding token, one without, and emoji instruction data."""
+    root = tmp_path_factory.mktemp("tower_tags")
+    llm, clip = save_tiny_llm(root / "llm"), save_tiny_clip(root / "clip.pt")
+    for name, embedding in (("align", "true"), ("align_plain", "false")):
+        cfg = load_config(AlignConfig, None, [f"model.llm={llm}", f"model.clip_embedding_token={embedding}"])
+        bundle = build_vlm(cfg, clip)
+        save_vlm(root / name / "vlm.pt", bundle.record, bundle.model.state_dict())
+    write_emoji_shards(root / "shards")
+    build_instructions(f"{root}/shards/{{train,val}}-*.tar", root / "instruct", tasks="what,group,yesno")
+    return root
+
+
+def config(parts, *extra):
+    return load_config(FinetuneConfig, None, [
+        f"model.base={parts / 'align'}", f"data.train={parts / 'instruct' / 'train.json'}",
+        f"data.val={parts / 'instruct' / 'val.json'}", "data.batch_size=4", "train.max_steps=2",
+        "train.deepspeed=configs/deepspeed/fp32.json", "model.lora.r=4", "data.feature_cache=null",
+        "model.tower_tags.names=3", "model.tower_tags.groups=2", *extra])
+
+
+@pytest.mark.slow
+def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_path):
+    cfg = config(parts)
+    finetune(cfg, tmp_path / "run")
+    bundle = load_finetuned(tmp_path / "run")
+    tags = bundle.model.tower_tags
+    clip = load_clip(parts / "clip.pt")
+    conversations, source = read_conversations(parts / "instruct" / "train.json")
+    vocabulary = candidates(conversations)
+    assert tags.names == vocabulary["name"] and tags.groups == vocabulary["group"]
+    assert bundle.record["tower_tags"]["name_count"] == 3
+    torch.testing.assert_close(tags.name_embeddings, candidate_embeddings(clip, vocabulary["name"], "name"))
+
+    # The first tag is the tower baseline's own naming answer, computed from the CLIP checkpoint alone.
+    images = sorted({c.image for c in conversations})
+    pixels = torch.stack([bundle.preprocess(source.read(image)) for image in images])
+    first_names = [line.removeprefix("Tags: ").split(";")[0] for line in tag_lines(bundle.model, pixels)]
+    assert first_names == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(images), images, source, vocabulary)
+
+    # Training text and generation prompts carry the same line after the image.
+    train_set, _ = finetune_datasets(cfg, bundle)
+    line = tag_lines(bundle.model, pixels[:1])[0]
+    trained = [c for c in train_set.conversations if c.image == images[0]]
+    assert trained and all(c.turns[0]["content"].startswith(f"<image>\n{line}\n") for c in trained)
+    question = "Is this red apple?"
+    assert (prompt_ids(bundle.tokenizer, question, bundle.num_image_tokens, line)
+            == prompt_ids(bundle.tokenizer, f"<image>\n{line}\n{question}", bundle.num_image_tokens))
+    untagged = prompt_ids(bundle.tokenizer, question, bundle.num_image_tokens)
+    assert len(prompt_ids(bundle.tokenizer, question, bundle.num_image_tokens, line)) > len(untagged)
+    assert generate_batch(bundle.model, bundle.tokenizer, pixels[:2], [question] * 2, bundle.num_image_tokens, 3)
+
+
+@pytest.mark.slow
+def test_tags_off_take_away_a_base_models_tags(parts, tmp_path):
+    finetune(config(parts), tmp_path / "tagged")
+    cfg = config(parts, f"model.base={tmp_path / 'tagged'}", "model.tower_tags.names=0", "model.tower_tags.groups=0")
+    bundle = start_bundle(cfg, start_file(cfg))
+    assert bundle.model.tower_tags is not None
+    set_tower_tags(cfg, bundle)
+    assert bundle.model.tower_tags is None and "tower_tags" not in bundle.record
+
+
+def test_tags_need_the_clip_embedding_token(parts):
+    cfg = config(parts, f"model.base={parts / 'align_plain'}")
+    with pytest.raises(MmtoolError, match="model.tower_tags needs the CLIP embedding token"):
+        set_tower_tags(cfg, start_bundle(cfg, start_file(cfg)))
