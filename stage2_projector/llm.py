@@ -16,6 +16,7 @@ import yaml
 
 from mmtool.errors import MmtoolError
 from mmtool.recipes import bundled_root
+from stage2_projector.gguf_cache import load_gguf
 
 REGISTRY = bundled_root() / "llm" / "registry.yaml"
 IMAGE_TOKEN = "<image>"
@@ -98,10 +99,12 @@ def load_llm(spec: str, dtype: torch.dtype = torch.float32) -> LoadedLlm:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_llm(spec)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype, **kwargs)
+        if source.gguf_file:
+            tokenizer, model = load_gguf(source.path, source.gguf_file, dtype)  # de-quantized once, then cached
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(source.path)
+            model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
     except (OSError, ValueError) as err:
         raise MmtoolError(f"--llm {spec!r}: cannot load {source.path} "
                           f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None

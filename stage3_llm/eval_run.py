@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtool.checkpoint import file_sha256, load_model
+from mmtool.export.llava import merged_llm
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
@@ -34,6 +35,7 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     record = load_model(resolve_model_file(model), KIND)["config"]
     clip = load_tower(record, str(model), options.vision, options.any_vision) if options.tower else None
     bundle = load_finetuned(model)
+    bundle.model.llm = merged_llm(bundle)  # LoRA folded into the weights: the same answers, fewer matmuls per token
     results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
     if options.blind:
         add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,

@@ -1,10 +1,20 @@
 """Shared fixtures: a small real emoji shard set, built once per test session."""
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One GGUF conversion cache for the session and its subprocesses, never the user's (stage2_projector/gguf_cache.py).
+SESSION_CACHE = None if "MMTOOL_CACHE" in os.environ else tempfile.mkdtemp(prefix="mmtool-test-cache-")
+os.environ.setdefault("MMTOOL_CACHE", SESSION_CACHE or "")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if SESSION_CACHE:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

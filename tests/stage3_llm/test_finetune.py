@@ -29,7 +29,9 @@ def parts(tmp_path_factory):
     """An aligned (projector untrained) tiny VLM checkpoint and instruction data from hand-made emoji shards."""
     root = tmp_path_factory.mktemp("finetune")
     llm = save_tiny_llm(root / "llm")
-    bundle = build_vlm(load_config(AlignConfig, None, [f"model.llm={llm}"]), save_tiny_clip(root / "clip.pt"))
+    # with the CLIP embedding token, as configs/align/emoji.yaml: the tower tags of configs/finetune/emoji.yaml need it
+    bundle = build_vlm(load_config(AlignConfig, None, [f"model.llm={llm}", "model.clip_embedding_token=true"]),
+                       save_tiny_clip(root / "clip.pt"))
     save_vlm(root / "align" / "vlm.pt", bundle.record, bundle.model.state_dict())
     write_emoji_shards(root / "shards")
     build_instructions(f"{root}/shards/{{train,val}}-*.tar", root / "instruct", tasks="what,group,yesno")
