@@ -1,9 +1,10 @@
 """An aligned vision-language model as one checkpoint, and the checks that keep its parts together.
 
-The checkpoint (mmtool.checkpoint format, kind "vlm") holds the projector and the image tower's weights; the LLM,
-frozen and large, is referenced: its `--llm` spec, a fingerprint of its embeddings and the token ids used in
-training. The record also names the stage-1 checkpoint (sha256), feature layer, image size and normalisation.
-Loading on top of a different LLM, or continuing from a different vision checkpoint, is refused.
+The checkpoint (mmtool.checkpoint format, kind "vlm") holds the projector and the image tower's weights (and a
+stage-3 model's tower-tag vocabulary embeddings, stage2_projector/tower_tags.py); the LLM, frozen and large, is
+referenced: its `--llm` spec, a fingerprint of its embeddings and the token ids used in training. The record also
+names the stage-1 checkpoint (sha256), feature layer, image size and normalisation. Loading on top of a different
+LLM, or continuing from a different vision checkpoint, is refused.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path

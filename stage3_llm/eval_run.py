@@ -35,7 +35,7 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     record = load_model(resolve_model_file(model), KIND)["config"]
     clip = load_tower(record, str(model), options.vision, options.any_vision) if options.tower else None
     bundle = load_finetuned(model)
-    bundle.model.llm = merged_llm(bundle)  # LoRA folded into the weights: the same answers, fewer matmuls per token
+    bundle.model.llm = merged_llm(bundle)  # LoRA folded in: fewer matmuls per token (same logits to ~1e-5)
     results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
     if options.blind:
         add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,

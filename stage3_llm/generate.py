@@ -45,7 +45,8 @@ def generate(model, tokenizer, image: torch.Tensor, question: str, num_image_tok
     """The answer's token ids (end-of-turn token included when reached); `image` is [3, S, S] preprocessed.
     temperature 0 = greedy decoding."""
     model.eval()
-    input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens, tag_lines(model, image[None])[0])])
+    line = tag_lines(model, image[None])[0]
+    input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens, line)])  # [1, T]
     embeds = model.embed(input_ids, image[None].to(next(model.vision.parameters()).dtype))  # [1, T, D]
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
