@@ -6,22 +6,20 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.config import load_config
-from mmtool.data.building.instructions import WHAT_QUESTIONS, build_instructions
+from mmtool.data.building.instructions import WHAT_QUESTIONS
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
 from stage2_projector.checkpoint import build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
 from stage2_projector.tower_tags import TowerTags, tag_line, tagged
 from stage3_llm.checkpoint import load_finetuned
-from stage3_llm.config import FinetuneConfig
 from stage3_llm.conversations import read_conversations
 from stage3_llm.generate import generate_batch, prompt_ids, tag_lines
 from stage3_llm.start_model import start_bundle, start_file
 from stage3_llm.tower import candidate_embeddings, candidates, tower_answers
 from stage3_llm.train import finetune
 from stage3_llm.training_data import finetune_datasets, set_tower_tags
-from tests.helpers.emoji import write_emoji_shards
-from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_llm
+from tests.stage3_llm.test_finetune import config, parts  # noqa: F401 - parts is a fixture
 
 
 def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
@@ -47,31 +45,14 @@ def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
     assert tag_line([], ["Animals"]) == "Groups: Animals."
 
 
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    """An aligned tiny VLM with the CLIP embedding token, one without, and emoji instruction data."""
-    root = tmp_path_factory.mktemp("tower_tags")
-    llm, clip = save_tiny_llm(root / "llm"), save_tiny_clip(root / "clip.pt")
-    for name, embedding in (("align", "true"), ("align_plain", "false")):
-        cfg = load_config(AlignConfig, None, [f"model.llm={llm}", f"model.clip_embedding_token={embedding}"])
-        bundle = build_vlm(cfg, clip)
-        save_vlm(root / name / "vlm.pt", bundle.record, bundle.model.state_dict())
-    write_emoji_shards(root / "shards")
-    build_instructions(f"{root}/shards/{{train,val}}-*.tar", root / "instruct", tasks="what,group,yesno")
-    return root
-
-
-def config(parts, *extra):
-    return load_config(FinetuneConfig, None, [
-        f"model.base={parts / 'align'}", f"data.train={parts / 'instruct' / 'train.json'}",
-        f"data.val={parts / 'instruct' / 'val.json'}", "data.batch_size=4", "train.max_steps=2",
-        "train.deepspeed=configs/deepspeed/fp32.json", "model.lora.r=4", "data.feature_cache=null",
-        "model.tower_tags.names=3", "model.tower_tags.groups=2", *extra])
+def tagged_config(parts, *extra):  # noqa: F811 - parts: test_finetune's aligned tiny VLM with the embedding token
+    return config(parts, "train.max_steps=2", "data.batch_size=4", "data.feature_cache=null",
+                  "model.tower_tags.names=3", "model.tower_tags.groups=2", *extra)
 
 
 @pytest.mark.slow
-def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_path):
-    cfg = config(parts)
+def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_path):  # noqa: F811
+    cfg = tagged_config(parts)
     finetune(cfg, tmp_path / "run")
     bundle = load_finetuned(tmp_path / "run")
     tags = bundle.model.tower_tags
@@ -102,16 +83,20 @@ def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_
 
 
 @pytest.mark.slow
-def test_tags_off_take_away_a_base_models_tags(parts, tmp_path):
-    finetune(config(parts), tmp_path / "tagged")
-    cfg = config(parts, f"model.base={tmp_path / 'tagged'}", "model.tower_tags.names=0", "model.tower_tags.groups=0")
+def test_tags_off_take_away_a_base_models_tags(parts, tmp_path):  # noqa: F811
+    finetune(tagged_config(parts), tmp_path / "tagged")
+    cfg = tagged_config(parts, f"model.base={tmp_path / 'tagged'}", "model.tower_tags.names=0",
+                        "model.tower_tags.groups=0")
     bundle = start_bundle(cfg, start_file(cfg))
     assert bundle.model.tower_tags is not None
     set_tower_tags(cfg, bundle)
     assert bundle.model.tower_tags is None and "tower_tags" not in bundle.record
 
 
-def test_tags_need_the_clip_embedding_token(parts):
-    cfg = config(parts, f"model.base={parts / 'align_plain'}")
+@pytest.mark.slow
+def test_tags_need_the_clip_embedding_token(parts, tmp_path):  # noqa: F811
+    plain = build_vlm(load_config(AlignConfig, None, [f"model.llm={parts / 'llm'}"]), parts / "clip.pt")
+    save_vlm(tmp_path / "plain" / "vlm.pt", plain.record, plain.model.state_dict())
+    cfg = tagged_config(parts, f"model.base={tmp_path / 'plain'}")
     with pytest.raises(MmtoolError, match="model.tower_tags needs the CLIP embedding token"):
         set_tower_tags(cfg, start_bundle(cfg, start_file(cfg)))
