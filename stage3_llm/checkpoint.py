@@ -44,6 +44,12 @@ def load_finetuned(path: str | Path, llm=None, trainable: bool = False) -> VlmBu
     return bundle
 
 
+def merged_llm(bundle: VlmBundle):
+    """The bundle's LLM with any LoRA adapter folded into its weights (stage 3 keeps adapters unmerged)."""
+    llm = bundle.model.llm
+    return llm.merge_and_unload() if isinstance(llm, PeftModel) else llm
+
+
 def save_finetuned(out: Path, record: dict, state_dict: dict[str, torch.Tensor], llm, lora: bool) -> None:
     """vlm.pt (tower + projector, or every weight under full fine-tuning) and, with LoRA, adapter/ taken from
     the gathered `state_dict` (so it works under ZeRO-3, where the module's own weights are partitioned)."""

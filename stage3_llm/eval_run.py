@@ -4,9 +4,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtool.checkpoint import file_sha256, load_model
-from mmtool.export.llava import merged_llm
 from stage2_projector.checkpoint import KIND, resolve_model_file
-from stage3_llm.checkpoint import load_finetuned
+from stage3_llm.checkpoint import load_finetuned, merged_llm
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task

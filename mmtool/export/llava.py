@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from mmtool.errors import MmtoolError
@@ -18,12 +17,7 @@ from mmtool.export.model_card import write_model_card
 from mmtool.config import from_dict
 from mmtool.progress import StepBar
 from stage1_clip.config import ClipConfig
-
-
-def merged_llm(bundle):
-    """The bundle's LLM with any LoRA adapter folded into its weights (stage 3 keeps adapters unmerged)."""
-    llm = bundle.model.llm
-    return llm.merge_and_unload() if isinstance(llm, PeftModel) else llm
+from stage3_llm.checkpoint import load_finetuned, merged_llm
 
 
 def llava_state_dict(bundle, llm) -> dict[str, torch.Tensor]:
@@ -89,8 +83,6 @@ def export_llava(bundle, out: Path) -> Path:
 def export_llava_folder(model: Path, out: Path, llm: str | None = None) -> tuple[Path, Path]:
     """`mmtool export-llava`: load the model (the LLM takes most of the time), write the folder and its card, with a
     bar on a terminal; returns (the folder, its README.md)."""
-    from stage3_llm.checkpoint import load_finetuned
-
     with StepBar("export-llava", total=3) as bar:
         with bar.step(f"read {Path(model).name}"):
             bundle = load_finetuned(model, llm)
