@@ -60,8 +60,9 @@ def set_tower_tags(cfg: FinetuneConfig, bundle: VlmBundle) -> None:
     if settings.names <= 0 and settings.groups <= 0:
         return
     if not bundle.record["vision"].get("clip_embedding_token"):
-        raise MmtoolError(f"model.tower_tags needs the CLIP embedding token, which {cfg.model.base} was aligned "
-                          "without: align with model.clip_embedding_token true, or turn the tags off "
+        raise MmtoolError(f"model.tower_tags needs the CLIP embedding token, which {cfg.model.base or 'this model'} "
+                          "has not: align with model.clip_embedding_token true (model.align.clip_embedding_token for "
+                          "a single-stage run), or turn the tags off "
                           "(--set model.tower_tags.names=0 --set model.tower_tags.groups=0)")
     conversations, _ = read_conversations(cfg.data.train, cfg.data.image_folder, cfg.data.image_shards)
     clip = load_tower(bundle.record, str(cfg.model.base or cfg.model.vision), None, any_vision=False)
