@@ -33,10 +33,16 @@ def prompt_ids(tokenizer, question: str, num_image_tokens: int, tag_line: str | 
 
 
 def tag_lines(model, images: torch.Tensor) -> list[str | None]:
-    """[B, 3, S, S] -> the images' tower-tag lines, or None for each when the model has no tags."""
+    """Pixels [B, 3, S, S] or tower features [B, N, C] -> the images' tower-tag lines, or None for each when the
+    model has no tags."""
     if model.tower_tags is None:
         return [None] * len(images)
     return model.tag_lines(images)
+
+
+def tower_features(model, images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, S, S] -> the tower's features [B, N, C], computed once for both the tag line and the image tokens."""
+    return model.image_features(images.to(next(model.vision.parameters()).dtype))
 
 
 @torch.no_grad()
@@ -45,9 +51,10 @@ def generate(model, tokenizer, image: torch.Tensor, question: str, num_image_tok
     """The answer's token ids (end-of-turn token included when reached); `image` is [3, S, S] preprocessed.
     temperature 0 = greedy decoding."""
     model.eval()
-    line = tag_lines(model, image[None])[0]
+    features = tower_features(model, image[None])  # [1, N, C]
+    line = tag_lines(model, features)[0]
     input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens, line)])  # [1, T]
-    embeds = model.embed(input_ids, image[None].to(next(model.vision.parameters()).dtype))  # [1, T, D]
+    embeds = model.embed(input_ids, features)  # [1, T, D]
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {
         "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
     output = model.llm.generate(
@@ -68,8 +75,9 @@ def generate_batch(model, tokenizer, images: torch.Tensor, questions: list[str],
     end-of-turn token (included, as `generate` returns it).
     """
     model.eval()
+    features = tower_features(model, images)  # [B, N, C]
     prompts = [prompt_ids(tokenizer, question, num_image_tokens, line)
-               for question, line in zip(questions, tag_lines(model, images))]
+               for question, line in zip(questions, tag_lines(model, features))]
     length = max(len(ids) for ids in prompts)
     input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)  # [B, T]
@@ -77,7 +85,7 @@ def generate_batch(model, tokenizer, images: torch.Tensor, questions: list[str],
         input_ids[row, length - len(ids):] = torch.tensor(ids)
         attention_mask[row, length - len(ids):] = 1
     # Padding is never the image token, so the features fill each row's placeholders in row order.
-    embeds = model.embed(input_ids, images.to(next(model.vision.parameters()).dtype))  # [B, T, D]
+    embeds = model.embed(input_ids, features)  # [B, T, D]
     output = model.llm.generate(
         inputs_embeds=embeds, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
