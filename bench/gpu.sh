@@ -6,6 +6,13 @@
 #
 #   bash bench/gpu.sh                 # on the GPU machine; the log lands in runs/gpu_bench/ (and $OUT when set)
 #   bash bench/gpu.sh --cpu-smoke     # here: a toy model through every path, with and without DeepSpeed
+#   bash bench/gpu.sh --real-data     # ViT-B/16 fed from web-style JPEG shards by each tool's own loader:
+#                                     # mmtool (ZeRO-2 + compile) vs open_clip (--torchcompile), then mmtool with
+#                                     # patch dropout 0.5 (bench/vs_open_clip.py --gpu); about 7 minutes
+#
+# --real-data needs, carried to the GPU machine: .whl (bench/gpu_wheels.sh), .whl_oc (webdataset 0.2.86, the
+# version open_clip_train reads shards with; installed ahead of mmtool's 1.0.2 for open_clip only) and three
+# training shards of data/emoji5, which bench/jpeg_shards.py turns into 60,000 samples of 256 px JPEG.
 #
 # DeepSpeed and open_clip are optional. To bring them to a machine without network, fill .whl/ here first
 # (bash bench/gpu_wheels.sh); on the GPU path this script installs the wheels in .whl/ into /tmp/site first.
@@ -29,6 +36,24 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+if [ "${1:-}" = "--real-data" ]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site_oc .whl_oc/*.whl
+    "$PYTHON" bench/jpeg_shards.py data/emoji5/train-00000{0,1,2}.tar --out /tmp/jpeg_shards --samples 60000 \
+        --workers 16
+    printf '#!/bin/sh\nPYTHONPATH=/tmp/site_oc:%s exec %s "$@"\n' "${PYTHONPATH:-}" "$PYTHON" > /tmp/open_clip_python
+    chmod +x /tmp/open_clip_python
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+    common=(--gpu --models vit_b16 --batch 1024 --workers 14 --warmup 30 --steps 40 --rounds 1
+            --shards '/tmp/jpeg_shards/train-*.tar' --mmtool-python "$PYTHON" --open-clip-python /tmp/open_clip_python
+            --work /tmp/vs_open_clip)
+    log=runs/gpu_bench/real_$stamp.log
+    { "$PYTHON" bench/vs_open_clip.py "${common[@]}" --pipeline-batches 1 "${@:2}" || true
+      "$PYTHON" bench/vs_open_clip.py "${common[@]}" --tools mmtool --skip pipeline \
+          --mmtool-set model.vision.patch_dropout=0.5 "${@:2}"; } 2>&1 | tee "$log" ${OUT:+"$OUT/real_$stamp.log"}
+    if [ -n "${OUT:-}" ]; then tar czf "$OUT/real_runs_$stamp.tgz" --exclude='*.pt' --exclude='*.safetensors' \
+        --exclude=state --exclude='*.tar' -C /tmp vs_open_clip; fi
+    exit 0
+fi
 # The log goes to $OUT as it is written, so a run cut off by the device tool's limit still returns its rows.
 "$PYTHON" bench/gpu_bench.py --json "runs/gpu_bench/$stamp.json" "$@" 2>&1 \
     | tee "runs/gpu_bench/$stamp.log" ${OUT:+"$OUT/$stamp.log"}

@@ -4,6 +4,7 @@
     flock /tmp/mmtool-cpu.lock .venv/bin/python bench/vs_open_clip.py --models tiny_vit --rounds 2
     flock /tmp/mmtool-cpu.lock .venv/bin/python bench/vs_open_clip.py --models vit_b32 --steps 12
     .venv/bin/python bench/vs_open_clip.py --smoke    # every code path on a toy model in well under a minute
+    bash bench/gpu.sh --real-data                     # on one GPU: ViT-B/16, both compiled, web-style JPEG shards
 
 What is matched: architecture (parameter counts asserted equal), the tokenizer (mmtool's sentencepiece model,
 handed to open_clip as a Hugging Face tokenizer; both pool at the end-of-text token), the webdataset shards
@@ -19,6 +20,13 @@ Runs alternate mmtool, open_clip, mmtool, ... for --rounds rounds; the table giv
 memory is sampled every 0.5 s: RSS of the training process and PSS of its whole process tree (loader workers too).
 Pipeline: decoded + augmented + tokenised images/s of one loader in the main process with one thread, i.e. what
 one loader worker delivers.
+
+--gpu (one CUDA device; bench/gpu.sh --real-data sets it up): each tool as it ships for GPUs, fed by its own
+loader from --shards: mmtool's config as it is (ZeRO-2, torch.compile of both towers), open_clip with
+--torchcompile (the whole model); bf16 autocast on both. Peak GPU memory is sampled from nvidia-smi (what each
+process holds, allocator cache included), and MFU = stage1_clip.flops.train_step_flops / step time against a bf16
+matmul measured in the same run and against the datasheet's dense bf16 rate (--datasheet-tflops). MFU is left out
+for patch-dropout runs: their FLOPs are not the model's.
 """
 import argparse
 import json
@@ -34,9 +42,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MMTOOL_PY = ROOT / ".venv/bin/python"
 OPEN_CLIP_PY = ROOT / "bench/.venv-open-clip/bin/python"
 SHARDS = "data/emoji/train-*.tar"
-MODELS = {"tiny_vit": ("configs/clip/tiny_vit.yaml", 128), "vit_b32": ("configs/clip/vit_b32.yaml", 32)}
+MODELS = {"tiny_vit": ("configs/clip/tiny_vit.yaml", 128), "vit_b32": ("configs/clip/vit_b32.yaml", 32),
+          "vit_b16": ("configs/clip/vit_b16.yaml", 1024)}
 LOG_EVERY = 5
 CROP_SCALE = (0.9, 1.0)  # open_clip's default train crop; mmtool is set to it
+GPU, BATCH = False, None  # set from --gpu / --batch in main()
 OPTIM = {"lr": 5e-4, "weight_decay": 0.2, "betas": (0.9, 0.98), "eps": 1e-6, "grad_clip": 1.0, "warmup": 100}
 SMOKE_OVERRIDES = ["model.embed_dim=16", "model.vision.image_size=32", "model.vision.patch_size=16",
                    "model.vision.width=32", "model.vision.layers=1", "model.vision.heads=2",
@@ -46,7 +56,7 @@ SMOKE_OVERRIDES = ["model.embed_dim=16", "model.vision.image_size=32", "model.vi
 
 # --- preparation (mmtool venv) ----------------------------------------------------------------------------------
 
-def prepare(model_key: str, work: Path, overrides: list[str]) -> dict:
+def prepare(model_key: str, work: Path, overrides: list[str], with_open_clip: bool) -> dict:
     """Tokenizer, open_clip model folder and the matched settings for one model; checks parameter counts."""
     from mmtool.config import load_config
     from mmtool.data.reading.loader import resolve_shards
@@ -54,6 +64,7 @@ def prepare(model_key: str, work: Path, overrides: list[str]) -> dict:
     from stage1_clip.tokenizer_setup import train_tokenizer
 
     config_path, batch = MODELS[model_key]
+    batch = BATCH or batch
     cfg = load_config(ClipConfig, ROOT / config_path, overrides)
     work.mkdir(parents=True, exist_ok=True)
     urls = resolve_shards(str(ROOT / SHARDS))
@@ -64,9 +75,10 @@ def prepare(model_key: str, work: Path, overrides: list[str]) -> dict:
     vocab = write_open_clip_folder(cfg, tokenizer_path, oc_dir)
     check_tokenizers_agree(tokenizer_path, oc_dir, urls, cfg.model.text.context_length)
     mm_params = mmtool_param_count(cfg, vocab)
-    oc_params = int(run_child(OPEN_CLIP_PY, ["--child", "count", "--oc-dir", str(oc_dir)])["params"])
-    print(f"{model_key}: parameters mmtool {mm_params:,} / open_clip {oc_params:,} (vocab {vocab})", flush=True)
-    assert mm_params == oc_params, f"{model_key}: architectures differ ({mm_params} vs {oc_params} parameters)"
+    if with_open_clip:
+        oc_params = int(run_child(OPEN_CLIP_PY, ["--child", "count", "--oc-dir", str(oc_dir)])["params"])
+        print(f"{model_key}: parameters mmtool {mm_params:,} / open_clip {oc_params:,} (vocab {vocab})", flush=True)
+        assert mm_params == oc_params, f"{model_key}: architectures differ ({mm_params} vs {oc_params} parameters)"
     return {"model": model_key, "config": config_path, "batch": batch, "cfg": cfg, "vocab": vocab,
             "tokenizer": tokenizer_path, "oc_dir": oc_dir, "params": mm_params, "overrides": overrides}
 
@@ -142,7 +154,8 @@ def mmtool_param_count(cfg, vocab: int) -> int:
 # --- children --------------------------------------------------------------------------------------------------
 
 def run_child(python: Path, argv: list[str]) -> dict:
-    child = subprocess.run([str(python), __file__, *argv], capture_output=True, text=True, cwd=ROOT)
+    child = subprocess.run([str(python), __file__, *argv, "--shards", SHARDS], capture_output=True, text=True,
+                           cwd=ROOT)
     lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
     if child.returncode or not lines:
         sys.exit(f"child {argv[:2]} failed (exit {child.returncode}):\n{child.stderr[-3000:]}")
@@ -211,15 +224,18 @@ def open_clip_shard_spec() -> str:
 # --- training runs ---------------------------------------------------------------------------------------------
 
 def mmtool_command(prep: dict, out: Path, steps: int, threads: int, workers: int) -> list[str]:
-    settings = [f"data.batch_size={prep['batch']}", f"data.workers={workers}", "data.val=null",
+    # On a GPU the config's own engine settings (ZeRO stage, compile) stay; on the CPU, ZeRO-0 and fixed threads.
+    cpu_engine = [] if GPU else [f"train.threads={threads}", "train.deepspeed=configs/deepspeed/zero0_bf16.json"]
+    settings = [f"data.train={ROOT / SHARDS}", f"data.batch_size={prep['batch']}", f"data.workers={workers}",
+                "data.val=null",
                 "data.resampled=true", f"data.random_resized_crop_scale=[{CROP_SCALE[0]}, {CROP_SCALE[1]}]",
                 f"tokenizer.path={prep['tokenizer']}", f"train.max_steps={steps}", f"train.log_every={LOG_EVERY}",
-                f"train.threads={threads}", "train.deepspeed=configs/deepspeed/zero0_bf16.json",
+                "train.report_to=[]", f"train.save_every={10 * steps}", *cpu_engine,
                 f"train.lr={OPTIM['lr']}", f"train.weight_decay={OPTIM['weight_decay']}",
                 f"train.betas=[{OPTIM['betas'][0]}, {OPTIM['betas'][1]}]", f"train.eps={OPTIM['eps']}",
                 f"train.grad_clip={OPTIM['grad_clip']}", f"train.warmup_steps={OPTIM['warmup']}",
                 *prep["overrides"], *prep["extra_sets"]]
-    return [str(ROOT / ".venv/bin/mmtool"), "pretrain-clip", "--config", str(ROOT / prep["config"]), "--out",
+    return [str(MMTOOL_PY), "-m", "mmtool", "pretrain-clip", "--config", str(ROOT / prep["config"]), "--out",
             str(out), *(arg for s in settings for arg in ("--set", s))]
 
 
@@ -232,18 +248,18 @@ def open_clip_command(prep: dict, out: Path, steps: int, workers: int) -> list[s
             "--beta2", str(OPTIM["betas"][1]), "--eps", str(OPTIM["eps"]),
             "--grad-clip-norm", str(OPTIM["grad_clip"]), "--warmup", str(OPTIM["warmup"]),
             "--log-every-n-steps", str(LOG_EVERY), "--save-frequency", "0", "--report-to", "",
-            "--logs", str(out.parent), "--name", out.name, "--seed", "0"]
+            "--logs", str(out.parent), "--name", out.name, "--seed", "0", *(["--torchcompile"] if GPU else [])]
 
 
 def run_monitored(command: list[str], threads: int, log_path: Path) -> dict:
     """Runs a training command; peak RSS of its main process and peak PSS of its process tree, in GiB."""
     import psutil
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **({} if GPU else {"DS_ACCELERATOR": "cpu"})}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    peak_rss = peak_pss = 0
+    peak_rss = peak_pss = peak_gpu = 0
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         main = psutil.Process(proc.pid)
@@ -254,10 +270,20 @@ def run_monitored(command: list[str], threads: int, log_path: Path) -> dict:
                 peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in tree))
             except psutil.Error:
                 pass  # a process ended between listing and reading
+            if GPU:
+                peak_gpu = max(peak_gpu, gpu_memory_used())
             time.sleep(0.5)
     if proc.returncode:
         sys.exit(f"{command[0]} failed (exit {proc.returncode}); log: {log_path}\n{log_path.read_text()[-3000:]}")
-    return {"peak_rss_GiB": round(peak_rss / 2**30, 2), "peak_tree_pss_GiB": round(peak_pss / 2**30, 2)}
+    return {"peak_rss_GiB": round(peak_rss / 2**30, 2), "peak_tree_pss_GiB": round(peak_pss / 2**30, 2),
+            **({"peak_gpu_GiB": round(peak_gpu / 2**30, 1)} if GPU else {})}
+
+
+def gpu_memory_used() -> int:
+    """Bytes in use on GPU 0, all processes (nvidia-smi)."""
+    query = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                           capture_output=True, text=True)
+    return int(query.stdout.strip() or 0) * 2**20
 
 
 def rate_after_warmup(windows: list[tuple[int, int, float]], warmup: int) -> float:
@@ -310,7 +336,35 @@ def train_both(prep: dict, work: Path, args) -> list[dict]:
     return [{"tool": tool, "samples_per_s": round(statistics.mean(r["samples_per_s"] for r in runs), 1),
              "spread": f"{min(r['samples_per_s'] for r in runs):.1f}-{max(r['samples_per_s'] for r in runs):.1f}",
              "peak_rss_GiB": max(r["peak_rss_GiB"] for r in runs),
-             "peak_tree_pss_GiB": max(r["peak_tree_pss_GiB"] for r in runs)} for tool, runs in rows.items()]
+             "peak_tree_pss_GiB": max(r["peak_tree_pss_GiB"] for r in runs),
+             **({"peak_gpu_GiB": max(r["peak_gpu_GiB"] for r in runs)} if GPU else {})}
+            for tool, runs in rows.items()]
+
+
+# --- GPU figures -----------------------------------------------------------------------------------------------
+
+def measured_matmul_flops() -> float:
+    import torch
+
+    from gpu_bench import matmul_peak_flops
+
+    return matmul_peak_flops(torch.device("cuda", 0), 8192)
+
+
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def mfu(prep: dict, row: dict, matmul: float, args) -> dict:
+    """Model FLOPs per second over the measured and the datasheet bf16 rate; none under patch dropout."""
+    from stage1_clip.flops import train_step_flops
+
+    if prep["cfg"].model.vision.patch_dropout or any("patch_dropout" in s for s in prep["extra_sets"]):
+        return {"MFU_measured": "n/a (patch dropout)", "MFU_datasheet": ""}
+    achieved = train_step_flops(prep["cfg"].model, prep["batch"]) * row["samples_per_s"] / prep["batch"]
+    return {"MFU_measured": f"{achieved / matmul:.1%}", "MFU_datasheet": f"{achieved / (args.datasheet_tflops * 1e12):.1%}"}
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -323,6 +377,7 @@ def print_table(header: list[str], rows: list[dict]) -> None:
 
 
 def main() -> None:
+    global SHARDS, MMTOOL_PY, OPEN_CLIP_PY, GPU, BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--steps", type=int, default=20, help="measured steps per run, after --warmup")
@@ -336,10 +391,19 @@ def main() -> None:
     parser.add_argument("--tools", nargs="+", default=["mmtool", "open_clip"], choices=["mmtool", "open_clip"])
     parser.add_argument("--work", default="runs/vs_open_clip")
     parser.add_argument("--smoke", action="store_true", help="toy model, 10 steps, 1 round: checks every path")
+    parser.add_argument("--gpu", action="store_true", help="train on CUDA device 0, each tool compiled (see above)")
+    parser.add_argument("--batch", type=int, help="instead of the model's batch in MODELS")
+    parser.add_argument("--shards", default=SHARDS, help="training shards, a glob (both tools read them)")
+    parser.add_argument("--mmtool-python", default=str(MMTOOL_PY), help="a python that imports mmtool's needs")
+    parser.add_argument("--open-clip-python", default=str(OPEN_CLIP_PY), help="a python that imports open_clip")
+    parser.add_argument("--datasheet-tflops", type=float, default=989.0,
+                        help="dense bf16 TFLOP/s of the card's datasheet (H100/H200 SXM: 989)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--oc-dir", help=argparse.SUPPRESS)
     parser.add_argument("--prep", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    SHARDS, MMTOOL_PY, OPEN_CLIP_PY = args.shards, Path(args.mmtool_python), Path(args.open_clip_python)
+    GPU, BATCH = args.gpu, args.batch
     if args.child:
         prep = json.loads(args.prep) if args.prep else {}
         result = {"count": lambda: child_count(args.oc_dir),
@@ -347,14 +411,15 @@ def main() -> None:
                   "pipeline-open_clip": lambda: child_pipeline_open_clip(prep, args.pipeline_batches)}[args.child]()
         print("RESULT " + json.dumps(result))
         return
-    if not OPEN_CLIP_PY.exists():
+    if "open_clip" in args.tools and not OPEN_CLIP_PY.exists():
         sys.exit(f"{OPEN_CLIP_PY} missing: run bench/setup_open_clip.sh first")
     if args.smoke:
         args.models, args.steps, args.warmup, args.rounds, args.pipeline_batches = ["tiny_vit"], 5, 5, 1, 2
     train_rows, pipeline_rows = [], []
+    matmul = measured_matmul_flops() if GPU else None
     for model_key in args.models:
         work = ROOT / args.work / ("smoke" if args.smoke else model_key)
-        prep = prepare(model_key, work, SMOKE_OVERRIDES if args.smoke else [])
+        prep = prepare(model_key, work, SMOKE_OVERRIDES if args.smoke else [], "open_clip" in args.tools)
         if args.smoke:
             prep["batch"] = 16
         prep["extra_sets"] = args.mmtool_set
@@ -375,7 +440,11 @@ def main() -> None:
             ratio = f"{rates['mmtool'] / rates['open_clip']:.2f}" if len(rates) == 2 else ""
             for row in rows:
                 train_rows.append({"model": model_key, "params": f"{prep['params']:,}", "batch": prep["batch"],
-                                   **row, "mmtool/open_clip": ratio if row["tool"] == "mmtool" else ""})
+                                   **row, "mmtool/open_clip": ratio if row["tool"] == "mmtool" else "",
+                                   **(mfu(prep, row, matmul, args) if GPU else {})})
+    if matmul:
+        print(f"\n{gpu_name()}: bf16 matmul measured at {matmul / 1e12:.1f} TFLOP/s (datasheet "
+              f"{args.datasheet_tflops:.0f}); shards {SHARDS}")
     print(f"\nthreads {args.threads}, workers {args.workers}, bf16 autocast, {args.warmup} warm-up + {args.steps} "
           f"measured steps, {args.rounds} alternating round(s)" + (f", mmtool --set {args.mmtool_set}"
                                                                      if args.mmtool_set else ""))
@@ -384,6 +453,7 @@ def main() -> None:
     if train_rows:
         print()
         print_table(["model", "params", "batch", "tool", "samples_per_s", "spread", "mmtool/open_clip",
+                     *(["MFU_measured", "MFU_datasheet", "peak_gpu_GiB"] if GPU else []),
                      "peak_rss_GiB", "peak_tree_pss_GiB"], train_rows)
 
 

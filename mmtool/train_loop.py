@@ -12,6 +12,7 @@ import torch
 
 from mmtool import distributed
 from mmtool.data.reading.skips import BatchSkips
+from mmtool.device_prefetch import prefetch_to_device
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.nonfinite import count_nonfinite
 from mmtool.run_log import RunLog, ThroughputWindow
@@ -37,6 +38,7 @@ class Stage:
 
     model: torch.nn.Module
     samples: int
+    prefetch_keys: tuple[str, ...] = ()  # batch tensors the loop copies to the GPU a step ahead (device_prefetch)
 
     def batches(self, epoch: int, skip: int) -> Iterable:
         """This rank's micro-batches of `epoch` after the first `skip` (the same list on every run: exact resume)."""
@@ -122,7 +124,8 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     window, shown, skips = ThroughputWindow(), {}, BatchSkips()
     while progress.step < total_steps:
         micro_batches = []
-        for batch in stage.batches(progress.epoch, progress.batch_in_epoch * accum):
+        for batch in prefetch_to_device(stage.batches(progress.epoch, progress.batch_in_epoch * accum),
+                                        engine.device, stage.prefetch_keys):
             micro_batches.append(batch)
             skips.add(batch)
             if len(micro_batches) < accum:

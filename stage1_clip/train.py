@@ -48,8 +48,7 @@ class ClipStage(Stage):
                                        cfg.data.label_fields) if cfg.data.val else None)
         self.tokenizer = prepare_tokenizer(cfg, self.urls, out)
         self.model = CLIP(cfg.model, cfg.loss, getattr(self.tokenizer, "vocab_size", None))
-        if cfg.train.compile:
-            self.model.compile_towers()
+        if cfg.train.compile: self.model.compile_towers()  # noqa: E701 (train.py stays short)
         self.mining = HardNegatives.from_config(cfg, self.urls, self.tokenizer, self.batches_per_epoch)
         self.augment = AugmentConfig(random_resized_crop_scale=tuple(cfg.data.random_resized_crop_scale),
                                      style=cfg.data.augment)
@@ -57,6 +56,7 @@ class ClipStage(Stage):
         self.origin = EpochOrigin(train_layout(distributed.world_size(), cfg.data.workers, cfg.data.batch_size))
         planned = self.mining is not None and self.mining.composition != "random"
         self.caches = open_caches(self.model, cfg, Path(self.urls[0]).parent, planned_batches=planned)
+        self.prefetch_keys = () if self.model.image_cache else ("image",)  # the cache hashes pixels on the CPU
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(texts, self.cfg.model.text.context_length)  # ids, mask [B, T]

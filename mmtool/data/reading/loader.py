@@ -154,8 +154,9 @@ class TrainLoader:
         return self.batches
 
     def __iter__(self):
+        # Pinned batches: the copy to a GPU can then run beside the step before (mmtool/device_prefetch.py).
         batches = (DataLoader(self.dataset, batch_size=None, num_workers=self.workers, in_order=True,
-                              worker_init_fn=worker_guard())
+                              worker_init_fn=worker_guard(), pin_memory=torch.cuda.is_available())
                    if self.workers else self.dataset)
         for batch in batches:
             self.skipped.update(batch["skipped"])
