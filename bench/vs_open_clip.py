@@ -226,8 +226,9 @@ def open_clip_shard_spec() -> str:
 def mmtool_command(prep: dict, out: Path, steps: int, threads: int, workers: int) -> list[str]:
     # On a GPU the config's own engine settings (ZeRO stage, compile) stay; on the CPU, ZeRO-0 and fixed threads.
     cpu_engine = [] if GPU else [f"train.threads={threads}", "train.deepspeed=configs/deepspeed/zero0_bf16.json"]
+    # One epoch = the run, as open_clip's --train-num-samples: no loader restart at an epoch boundary mid-run.
     settings = [f"data.train={ROOT / SHARDS}", f"data.batch_size={prep['batch']}", f"data.workers={workers}",
-                "data.val=null",
+                f"data.train_samples={prep['batch'] * steps}", "data.val=null",
                 "data.resampled=true", f"data.random_resized_crop_scale=[{CROP_SCALE[0]}, {CROP_SCALE[1]}]",
                 f"tokenizer.path={prep['tokenizer']}", f"train.max_steps={steps}", f"train.log_every={LOG_EVERY}",
                 "train.report_to=[]", f"train.save_every={10 * steps}", *cpu_engine,
