@@ -4,6 +4,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -57,10 +58,22 @@ class RunLog:
 
 
 class ThroughputWindow:
-    """Samples and tokens per second, all ranks together, since the last log line."""
+    """Samples and tokens per second, all ranks together, and the share of the time spent waiting for the loader
+    (`data_wait`: near 0 when the step is the bottleneck, near 1 when the data is), since the last log line."""
 
     def __init__(self):
-        self.start, self.samples, self.tokens = time.perf_counter(), 0, 0
+        self.start, self.samples, self.tokens, self.waiting = time.perf_counter(), 0, 0, 0.0
+
+    def timed(self, batches: Iterable) -> Iterator:
+        """`batches` as they come, the time spent waiting for each counted into the window."""
+        iterator = iter(batches)
+        while True:
+            asked = time.perf_counter()
+            batch = next(iterator, _END)
+            self.waiting += time.perf_counter() - asked
+            if batch is _END:
+                return
+            yield batch
 
     def add(self, result, world: int) -> None:
         """`result`: the loop's StepResult (this rank's samples and tokens)."""
@@ -69,11 +82,14 @@ class ThroughputWindow:
 
     def rates(self) -> dict:
         elapsed = time.perf_counter() - self.start
-        rates = {"samples_per_s": self.samples / elapsed}
+        rates = {"samples_per_s": self.samples / elapsed, "data_wait": self.waiting / elapsed}
         if self.tokens:
             rates["tokens_per_s"] = self.tokens / elapsed
         self.__init__()
         return rates
+
+
+_END = object()  # the end of a batch iterator (a batch may be any object)
 
 
 def _short(value):

@@ -124,8 +124,9 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     window, shown, skips = ThroughputWindow(), {}, BatchSkips()
     while progress.step < total_steps:
         micro_batches = []
-        for batch in prefetch_to_device(stage.batches(progress.epoch, progress.batch_in_epoch * accum),
-                                        engine.device, stage.prefetch_keys):
+        batches = prefetch_to_device(stage.batches(progress.epoch, progress.batch_in_epoch * accum), engine.device,
+                                     stage.prefetch_keys)
+        for batch in window.timed(batches):
             micro_batches.append(batch)
             skips.add(batch)
             if len(micro_batches) < accum:
