@@ -365,7 +365,8 @@ def mfu(prep: dict, row: dict, matmul: float, args) -> dict:
     if prep["cfg"].model.vision.patch_dropout or any("patch_dropout" in s for s in prep["extra_sets"]):
         return {"MFU_measured": "n/a (patch dropout)", "MFU_datasheet": ""}
     achieved = train_step_flops(prep["cfg"].model, prep["batch"]) * row["samples_per_s"] / prep["batch"]
-    return {"MFU_measured": f"{achieved / matmul:.1%}", "MFU_datasheet": f"{achieved / (args.datasheet_tflops * 1e12):.1%}"}
+    return {"MFU_measured": f"{achieved / matmul:.1%}",
+            "MFU_datasheet": f"{achieved / (args.datasheet_tflops * 1e12):.1%}"}
 
 
 # --- main ------------------------------------------------------------------------------------------------------
