@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_figures import gpu_memory_used, gpu_name, measured_matmul_flops, mfu
+
 ROOT = Path(__file__).resolve().parent.parent
 MMTOOL_PY = ROOT / ".venv/bin/python"
 OPEN_CLIP_PY = ROOT / "bench/.venv-open-clip/bin/python"
@@ -280,13 +282,6 @@ def run_monitored(command: list[str], threads: int, log_path: Path) -> dict:
             **({"peak_gpu_GiB": round(peak_gpu / 2**30, 1)} if GPU else {})}
 
 
-def gpu_memory_used() -> int:
-    """Bytes in use on GPU 0, all processes (nvidia-smi)."""
-    query = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
-                           capture_output=True, text=True)
-    return int(query.stdout.strip() or 0) * 2**20
-
-
 def rate_after_warmup(windows: list[tuple[int, int, float]], warmup: int) -> float:
     """windows: (first step, last step, seconds per step averaged over the window); steps counted from 1."""
     kept = [(last - first + 1, sec) for first, last, sec in windows if first > warmup]
@@ -340,33 +335,6 @@ def train_both(prep: dict, work: Path, args) -> list[dict]:
              "peak_tree_pss_GiB": max(r["peak_tree_pss_GiB"] for r in runs),
              **({"peak_gpu_GiB": max(r["peak_gpu_GiB"] for r in runs)} if GPU else {})}
             for tool, runs in rows.items()]
-
-
-# --- GPU figures -----------------------------------------------------------------------------------------------
-
-def measured_matmul_flops() -> float:
-    import torch
-
-    from gpu_bench import matmul_peak_flops
-
-    return matmul_peak_flops(torch.device("cuda", 0), 8192)
-
-
-def gpu_name() -> str:
-    import torch
-
-    return torch.cuda.get_device_name(0)
-
-
-def mfu(prep: dict, row: dict, matmul: float, args) -> dict:
-    """Model FLOPs per second over the measured and the datasheet bf16 rate; none under patch dropout."""
-    from stage1_clip.flops import train_step_flops
-
-    if prep["cfg"].model.vision.patch_dropout or any("patch_dropout" in s for s in prep["extra_sets"]):
-        return {"MFU_measured": "n/a (patch dropout)", "MFU_datasheet": ""}
-    achieved = train_step_flops(prep["cfg"].model, prep["batch"]) * row["samples_per_s"] / prep["batch"]
-    return {"MFU_measured": f"{achieved / matmul:.1%}",
-            "MFU_datasheet": f"{achieved / (args.datasheet_tflops * 1e12):.1%}"}
 
 
 # --- main ------------------------------------------------------------------------------------------------------
@@ -443,7 +411,8 @@ def main() -> None:
             for row in rows:
                 train_rows.append({"model": model_key, "params": f"{prep['params']:,}", "batch": prep["batch"],
                                    **row, "mmtool/open_clip": ratio if row["tool"] == "mmtool" else "",
-                                   **(mfu(prep, row, matmul, args) if GPU else {})})
+                                   **(mfu(prep["cfg"].model, prep["batch"], row["samples_per_s"], matmul,
+                                          args.datasheet_tflops, prep["extra_sets"]) if GPU else {})})
     if matmul:
         print(f"\n{gpu_name()}: bf16 matmul measured at {matmul / 1e12:.1f} TFLOP/s (datasheet "
               f"{args.datasheet_tflops:.0f}); shards {SHARDS}")
