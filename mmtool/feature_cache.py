@@ -7,15 +7,18 @@ input size, precision...); the namespace's digest is the folder, so a changed to
 Key: sha256 of the tower's exact input tensor (shape, dtype, values): for images the decoded, resized, augmented
 and normalised pixels, for text the token ids and mask. A different view of an image is a different key, so an
 augmentation can never be served a stale view. One file per input, written to a temporary name and renamed, so a
-crash or two ranks writing the same entry never leave a torn file.
+crash or two ranks writing the same entry never leave a torn file. An entry is a 64-byte text header (dtype and
+shape) and the tensor's raw bytes: a training step reads hundreds of entries, and torch.load's zip container cost
+20x more per entry than the read itself (bench/RESULTS.md, "Feature cache entries"). A file whose size does not
+match its header is a miss: recomputed and rewritten, never served.
 
 A batch runs the tower on its missing rows only. Ranks agree per batch whether anyone has a miss (then every rank
 runs the tower, on one row at least): under ZeRO-3 a tower's weights are gathered collectively, so every rank must
 run it, or none.
 """
 import hashlib
-import io
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -27,6 +30,8 @@ from mmtool.checkpoint import atomic_write
 from mmtool.optim import ParamGroupRule
 
 FOLDER = "feature_cache"
+SUFFIX = ".bin"
+HEADER_BYTES = 64
 
 
 class FeatureCache:
@@ -70,20 +75,44 @@ class FeatureCache:
                 f"{self.label}_hit_rate": self.hits / looked_up if looked_up else 0.0}
 
     def _path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}.pt"
+        return self.folder / key[:2] / f"{key}{SUFFIX}"
 
     def _read(self, key: str) -> torch.Tensor | None:
-        path = self._path(key)
-        if not path.is_file():
+        try:
+            return decode_entry(self._path(key).read_bytes())
+        except FileNotFoundError:
             return None
-        return torch.load(path, weights_only=True)
 
     def _write(self, key: str, row: torch.Tensor) -> None:
-        buffer = io.BytesIO()
-        torch.save(row.cpu().clone(), buffer)  # clone: save this row, not the whole batch's storage
-        atomic_write(self._path(key), lambda tmp: tmp.write_bytes(buffer.getvalue()))
+        data = encode_entry(row)
+        atomic_write(self._path(key), lambda tmp: tmp.write_bytes(data))
         self.entries += 1
-        self.bytes += buffer.tell()
+        self.bytes += len(data)
+
+
+def encode_entry(row: torch.Tensor) -> bytes:
+    """A tensor as the header "<dtype> <d0,d1,...>" ("-" for no dimension; space-padded to HEADER_BYTES) and its
+    raw bytes."""
+    row = row.detach().cpu().contiguous()
+    header = f"{str(row.dtype).removeprefix('torch.')} {','.join(map(str, row.shape)) or '-'}".encode()
+    if len(header) >= HEADER_BYTES:
+        raise ValueError(f"feature cache entry of shape {tuple(row.shape)}: header over {HEADER_BYTES} bytes")
+    body = row.reshape(-1).view(torch.uint8).numpy().tobytes() if row.numel() else b""
+    return header.ljust(HEADER_BYTES) + body
+
+
+def decode_entry(data: bytes) -> torch.Tensor | None:
+    """encode_entry's tensor back, or None when the data is not a whole entry (a miss: recomputed)."""
+    try:
+        dtype_name, dims = data[:HEADER_BYTES].decode().split()
+        dtype = getattr(torch, dtype_name)
+        shape = [] if dims == "-" else [int(d) for d in dims.split(",")]
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    if not isinstance(dtype, torch.dtype) or len(data) - HEADER_BYTES != dtype.itemsize * math.prod(shape):
+        return None
+    body = bytearray(data[HEADER_BYTES:])  # writable, so the tensor owns its memory
+    return torch.frombuffer(body, dtype=dtype).reshape(shape) if body else torch.empty(shape, dtype=dtype)
 
 
 def image_key(tensor: torch.Tensor) -> str:
@@ -149,7 +178,7 @@ def folder_size(folder: Path) -> tuple[int, int]:
     entries = total = 0
     for root, _, files in os.walk(folder):
         for name in files:
-            if name.endswith(".pt"):
+            if name.endswith(SUFFIX):
                 entries += 1
                 total += os.path.getsize(os.path.join(root, name))
     return entries, total

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from mmtool.feature_cache import SUFFIX, decode_entry
 from mmtool.optim import ParamGroupRule, build_param_groups
 from stage1_clip.config import LossConfig, ModelConfig, TextConfig, TrainConfig, VisionConfig
 from stage1_clip.feature_cache import open_image_cache, open_text_cache
@@ -80,10 +81,10 @@ def test_the_cached_trunk_is_the_feature_map_before_the_first_trained_block(tmp_
     cache = open_image_cache(model, VISION, tmp_path, train)
     images = batch()[0]
     cache.features(model.vision, images)
-    stored = sorted(p for p in cache.cache.folder.rglob("*.pt"))
+    stored = sorted(p for p in cache.cache.folder.rglob(f"*{SUFFIX}"))
     assert len(stored) == 6
     channels = model.vision.net._blocks[14]._bn2.num_features
-    assert torch.load(stored[0], weights_only=True).shape == (channels, 1, 1)  # 32 px: a 1x1 map
+    assert decode_entry(stored[0].read_bytes()).shape == (channels, 1, 1)  # 32 px: a 1x1 map
 
 
 def test_freezing_is_read_from_the_param_groups(tmp_path):
