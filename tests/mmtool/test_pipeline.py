@@ -27,12 +27,12 @@ def test_every_planned_step_parses_as_an_mmtool_command(monkeypatch, config):
             command = command.commands[args.pop(0)]
         command.make_context(step.name, args)  # raises on an unknown option or a missing argument
     names = [step.name for step in steps]
-    assert names.index("pretrain-clip") < names.index("align") < names.index("finetune") < names.index("eval-llava:val")
+    assert names.index("pretrain-clip") < names.index("finetune") < names.index("eval-llava:val")
 
 
 def test_single_stage_plans_no_align_step_and_finetunes_from_the_clip_checkpoint(monkeypatch):
     monkeypatch.chdir(ROOT)
-    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml", ["align.enabled=false"]))
+    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml"))  # the main job is single-stage
     by_name = {step.name: step for step in steps}
     assert "align" not in by_name
     finetune = by_name["finetune"]
@@ -40,6 +40,15 @@ def test_single_stage_plans_no_align_step_and_finetunes_from_the_clip_checkpoint
     assert finetune.after == ["pretrain-clip", "instructions"]
     root = typer.main.get_command(app)
     root.commands["finetune"].make_context("finetune", list(finetune.args[1:]))
+
+
+def test_two_stage_aligns_first_and_finetunes_the_aligned_model(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji_full.yaml"))
+    names = [step.name for step in steps]
+    assert names.index("pretrain-clip") < names.index("align") < names.index("finetune")
+    finetune = steps[names.index("finetune")]
+    assert finetune.args[1:3] == ["--model", "runs/pipeline_full/align"] and finetune.after == ["align", "instructions"]
 
 
 def test_until_keeps_the_steps_up_to_the_named_one_and_refuses_an_unknown_name(monkeypatch):

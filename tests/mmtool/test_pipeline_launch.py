@@ -25,7 +25,7 @@ def test_a_stage_launcher_comes_from_the_pipeline_config_and_changes_the_fingerp
     sets = ["clip.launcher.kind=torchrun", "clip.launcher.args=[--nproc-per-node, '2']"]
     steps = {step.name: step for step in plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml", sets))}
     assert steps["pretrain-clip"].launcher == LauncherSpec("torchrun", ["--nproc-per-node", "2"])
-    assert steps["align"].launcher == LauncherSpec()  # other stages keep one process
+    assert steps["finetune"].launcher == LauncherSpec()  # other stages keep one process
     alone = Step(**{**vars(steps["pretrain-clip"]), "launcher": None})
     assert fingerprint(alone, {"emoji-shards": "x"}) != fingerprint(steps["pretrain-clip"], {"emoji-shards": "x"})
 
