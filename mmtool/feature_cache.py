@@ -9,7 +9,7 @@ and normalised pixels, for text the token ids and mask. A different view of an i
 augmentation can never be served a stale view. One file per input, written to a temporary name and renamed, so a
 crash or two ranks writing the same entry never leave a torn file. An entry is a 64-byte text header (dtype and
 shape) and the tensor's raw bytes: a training step reads hundreds of entries, and torch.load's zip container cost
-20x more per entry than the read itself (bench/RESULTS.md, "Feature cache entries"). A file whose size does not
+10-14x more per entry than the read itself (bench/RESULTS.md, "CPU: feature cache entries"). A file whose size does not
 match its header is a miss: recomputed and rewritten, never served.
 
 A batch runs the tower on its missing rows only. Ranks agree per batch whether anyone has a miss (then every rank
