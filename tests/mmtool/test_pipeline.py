@@ -44,11 +44,11 @@ def test_single_stage_plans_no_align_step_and_finetunes_from_the_clip_checkpoint
 
 def test_two_stage_aligns_first_and_finetunes_the_aligned_model(monkeypatch):
     monkeypatch.chdir(ROOT)
-    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji_full.yaml"))
+    steps = plan(load_config(PipelineConfig, "configs/pipeline/emoji.yaml", ["align.enabled=true"]))
     names = [step.name for step in steps]
     assert names.index("pretrain-clip") < names.index("align") < names.index("finetune")
     finetune = steps[names.index("finetune")]
-    assert finetune.args[1:3] == ["--model", "runs/pipeline_full/align"] and finetune.after == ["align", "instructions"]
+    assert finetune.args[1:3] == ["--model", "runs/pipeline/align"] and finetune.after == ["align", "instructions"]
 
 
 def test_until_keeps_the_steps_up_to_the_named_one_and_refuses_an_unknown_name(monkeypatch):
