@@ -60,8 +60,14 @@ def content_sha256(config: dict, state_dict: dict[str, torch.Tensor], extras: di
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())  # exact bytes, any dtype
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's exact values as bytes, any dtype and shape (0-dim and empty included), in row-major order."""
+    tensor = tensor.detach().cpu().contiguous()
+    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
 
 
 def load_model(path: str | Path, kind: str) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from mmtool import distributed
-from mmtool.checkpoint import atomic_write
+from mmtool.checkpoint import atomic_write, tensor_bytes
 from mmtool.optim import ParamGroupRule
 
 FOLDER = "feature_cache"
@@ -93,12 +93,10 @@ class FeatureCache:
 def encode_entry(row: torch.Tensor) -> bytes:
     """A tensor as the header "<dtype> <d0,d1,...>" ("-" for no dimension; space-padded to HEADER_BYTES) and its
     raw bytes."""
-    row = row.detach().cpu().contiguous()
     header = f"{str(row.dtype).removeprefix('torch.')} {','.join(map(str, row.shape)) or '-'}".encode()
     if len(header) >= HEADER_BYTES:
         raise ValueError(f"feature cache entry of shape {tuple(row.shape)}: header over {HEADER_BYTES} bytes")
-    body = row.reshape(-1).view(torch.uint8).numpy().tobytes() if row.numel() else b""
-    return header.ljust(HEADER_BYTES) + body
+    return header.ljust(HEADER_BYTES) + tensor_bytes(row)
 
 
 def decode_entry(data: bytes) -> torch.Tensor | None:
@@ -117,9 +115,8 @@ def decode_entry(data: bytes) -> torch.Tensor | None:
 
 def image_key(tensor: torch.Tensor) -> str:
     """sha256 of one input row (a preprocessed image [3, H, W], token ids...): its shape, dtype and values."""
-    tensor = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
-    digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -132,10 +129,8 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     """sha256 over named tensors (names, shapes, dtypes, values), in name order."""
     digest = hashlib.sha256()
     for name, tensor in sorted(state.items()):
-        tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor_bytes(tensor))  # a 0-dim one too (BatchNorm's num_batches_tracked)
     return digest.hexdigest()
 
 
