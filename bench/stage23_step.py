@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--stages", default="2,3")
+    parser.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout,
+                        help="stage 3's LoRA dropout (the recipe's default: 0; 0.05 before session 10)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
@@ -247,7 +249,7 @@ def run(args, work: Path) -> list[dict]:
     if "3" in args.stages.split(","):
         conversations = Path(args.conversations) if args.conversations else build_conversations(args.shards, work)
         batches = stage3_batches(bundle, conversations, 8, count)
-        add_lora(bundle, LoraSettings())
+        add_lora(bundle, LoraSettings(dropout=args.lora_dropout))
         bundle.model.vision.requires_grad_(False)
         bundle.model.train()
         results += measure("finetune (batch 8)", bundle.model, batches, args.warmup)

@@ -157,7 +157,8 @@ def eval_llava(
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 32,
     batch_size: Annotated[int, typer.Option(help="Questions answered together (greedy, left-padded)")] = 16,
     image_folder: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder")] = None,
-    blind: Annotated[bool, typer.Option(help="Also answer with a blank and with a shuffled image")] = True,
+    blind: Annotated[str, typer.Option(help="Blind copies: answer also with a blank image, a shuffled one "
+                                            "(another conversation's), both, or none")] = "blank,shuffled",
     tower: Annotated[bool, typer.Option(help="Also score the stage-1 CLIP tower alone")] = True,
     clip: Annotated[Optional[Path], typer.Option("--clip", help="The stage-1 clip.pt for the tower baseline, "
                                                                "instead of the path in the model's record")] = None,
@@ -172,11 +173,12 @@ def eval_llava(
     """Per-task answer accuracy beside its baselines: majority answer, blind copies and the CLIP tower alone.
 
     Exact and contains accuracy with 95% CIs; the blind copies answer with a blank and with a shuffled image."""
+    from stage3_llm.blind import parse_blind
     from stage3_llm.eval_run import EvalOptions, run_eval
 
     json_out = one_of(json_out, old_json, "--out-json")
     options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, blind=blind, tower=tower, vision=one_of(clip, vision, "--clip"),
+                          batch_size=batch_size, blind=parse_blind(blind), tower=tower, vision=one_of(clip, vision, "--clip"),
                           any_vision=any_clip or any_vision)
     report = run_eval(model, data, image_folder, options)
     print(report["table"])

@@ -59,11 +59,12 @@ class FinetuneSpec(StageSpec):
 
 @dataclass
 class EvalSpec:
-    # eval-llava: conversations per task and split (a seeded choice), each answered three times (its image, a
-    # blank one, a shuffled one): generation is the slow part.
+    # eval-llava: conversations per task and split (a seeded choice), each answered with its image and once per
+    # blind copy (a blank image, a shuffled one): generation is the slow part.
     per_task: int = 100
     max_new_tokens: int = 24
     batch_size: int = 16
+    blind: str = "blank,shuffled"
 
 
 @dataclass
@@ -154,7 +155,8 @@ def plan(cfg: PipelineConfig) -> list[Step]:
         steps.append(Step(f"eval-llava:{split}",
                           ["eval-llava", "--model", str(llava), "--data", str(instruct / f"{split}.json"),
                            "--per-task", str(cfg.eval.per_task), "--max-new-tokens", str(cfg.eval.max_new_tokens),
-                           "--batch-size", str(cfg.eval.batch_size), "--out-json", str(llava / f"eval_{split}.json")],
+                           "--batch-size", str(cfg.eval.batch_size), "--blind", cfg.eval.blind,
+                           "--out-json", str(llava / f"eval_{split}.json")],
                           [llava / f"eval_{split}.json"], after=["finetune"], metrics=llava / f"eval_{split}.json"))
     if is_vit:
         steps.append(Step("export-llava", ["export-llava", "--model", str(llava), "--out",

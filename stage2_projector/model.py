@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtool.errors import MmtoolError
+from stage2_projector.answer_loss import answer_loss
 from stage2_projector.chat_format import IGNORE_INDEX
 from stage2_projector.features import PatchFeatures
 
@@ -25,6 +26,7 @@ class VisionLanguageModel(nn.Module):
         self.image_token_id = image_token_id
         self.feature_cache = None  # a stage2_projector.feature_cache.FeatureCache while training on a frozen tower
         self.tower_tags = None  # a stage2_projector.tower_tags.TowerTags when prompts carry the tower's tags
+        self.answer_weighting = "token"  # the training loss's mean: per token or per conversation (answer_loss.py)
 
     def train(self, mode: bool = True) -> "VisionLanguageModel":
         super().train(mode)
@@ -74,8 +76,8 @@ class VisionLanguageModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, images: torch.Tensor | None,
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> dict:
         """Without labels {"logits" [B, T, V]}. With labels {"loss_sum", "tokens", "loss"}: next-token cross-entropy
-        over the supervised (label != -100) positions, summed and averaged, and "logits" [K, V] of the K positions
-        that predict them, in order. A packed batch (stage2_projector/packing.py) gives a [1, 1, T, T] attention
+        over the supervised (label != -100) positions, summed, and averaged by `answer_weighting` (the training
+        loss), and "logits" [K, V] of the K positions that predict them, in order. A packed batch (stage2_projector/packing.py) gives a [1, 1, T, T] attention
         mask and the samples' own position_ids."""
         return self.run_llm(self.embed(input_ids, images), attention_mask, labels, position_ids)
 
@@ -90,9 +92,10 @@ class VisionLanguageModel(nn.Module):
         if labels is None:
             return {"logits": logits}  # [B, T, V]
         targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]  # [K], row by row as the kept logits [K, V]
-        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        token_losses = F.cross_entropy(logits.float(), targets, reduction="none")  # [K]
         tokens = torch.tensor(targets.numel(), device=targets.device)
-        return {"logits": logits, "loss_sum": loss_sum, "tokens": tokens, "loss": loss_sum / tokens.clamp(min=1)}
+        return {"logits": logits, "loss_sum": token_losses.sum(), "tokens": tokens,
+                "loss": answer_loss(token_losses, labels, position_ids, self.answer_weighting)}
 
     def _projector_dtype(self) -> torch.dtype:
         return next(self.projector.parameters()).dtype

@@ -11,6 +11,16 @@ from mmtool.data.reading.sample_stream import seeded_rng
 from mmtool.errors import MmtoolError
 
 BLANK = "<blank>"  # the image reference standing for the blank image
+BLIND_IMAGES = ("blank", "shuffled")
+
+
+def parse_blind(text: str) -> tuple[str, ...]:
+    """"blank,shuffled" / "shuffled" / "none" -> the blind copies to answer with, in BLIND_IMAGES order."""
+    names = {name.strip() for name in text.split(",") if name.strip()} - {"none"}
+    unknown = sorted(names - set(BLIND_IMAGES))
+    if unknown:
+        raise MmtoolError(f"--blind {text!r}: unknown {unknown[0]!r} (known: {', '.join(BLIND_IMAGES)}, none)")
+    return tuple(name for name in BLIND_IMAGES if name in names)
 
 
 def blank_image(image_size: int) -> torch.Tensor:

@@ -13,7 +13,9 @@ class LoraSettings:
     enabled: bool = True
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # Off by default (peft's default too): one epoch sees each conversation once, and on CPU the dropout masks of
+    # 7 adapters x 30 layers cost a quarter of SmolLM2-135M's training step (docs/stage23_results.md, L1).
+    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
@@ -61,6 +63,9 @@ class TrainConfig(TrainSettings):
     lr: float = 2e-4
     warmup_steps: int = 10
     eval_at_start: bool = True  # the val loss before any update, for the record
+    # The answer loss's mean: "token" (LLaVA's) or "conversation" (each conversation's mean token loss counts once,
+    # so short answers weigh as much as long descriptions; stage2_projector/answer_loss.py). Val is per token.
+    answer_weighting: str = "token"
     # LoRA weights and the projector learn; the image tower and the LLM's own weights are frozen by lr 0.
     param_groups: list[ParamGroupRule] = field(default_factory=lambda: [
         ParamGroupRule(pattern=r"^vision\.", lr=0.0), ParamGroupRule(pattern=r"\.lora_"),

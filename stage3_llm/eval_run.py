@@ -7,6 +7,7 @@ from mmtool.checkpoint import file_sha256, load_model
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.checkpoint import load_finetuned, merged_llm
 from stage3_llm.conversations import read_conversations
+from stage3_llm.blind import BLIND_IMAGES
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task
 from stage3_llm.tower import NAME_TEMPLATE, YESNO_RULE, candidates, load_tower
@@ -19,7 +20,7 @@ class EvalOptions:
     limit: int | None = None  # only the file's first N conversations, before the per-task choice
     max_new_tokens: int = 32
     batch_size: int = 16
-    blind: bool = True
+    blind: tuple[str, ...] = BLIND_IMAGES  # the blind copies' images: "blank", "shuffled", both or none
     tower: bool = True
     vision: Path | None = None  # the tower's clip.pt instead of the recorded path
     any_vision: bool = False  # accept a vision file whose sha256 differs from the record
@@ -36,9 +37,8 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     bundle = load_finetuned(model)
     bundle.model.llm = merged_llm(bundle)  # LoRA folded in: fewer matmuls per token (same logits to ~1e-5)
     results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
-    if options.blind:
-        add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,
-                          str(data))
+    add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,
+                      str(data), options.blind)
     if clip is not None:
         add_tower_answers(results, clip, in_file, source)
     scores = score(results)
@@ -60,7 +60,6 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
 
 
 def blind_description(options: EvalOptions) -> dict | None:
-    if not options.blind:
-        return None
-    return {"blank": "the normalised mean (grey) image",
-            "shuffled": f"another conversation's image of the set (seeded derangement, seed {options.seed})"}
+    described = {"blank": "the normalised mean (grey) image",
+                 "shuffled": f"another conversation's image of the set (seeded derangement, seed {options.seed})"}
+    return {name: described[name] for name in options.blind} or None

@@ -15,14 +15,14 @@ from mmtool.data.reading.images import BadSample
 from mmtool.errors import MmtoolError
 from mmtool.progress import progress
 from stage3_llm.answer_match import contains_answer, exact_match, normalize  # noqa: F401 - part of this API
-from stage3_llm.blind import BLANK, blank_image, shuffled_images
+from stage3_llm.blind import BLANK, BLIND_IMAGES, blank_image, shuffled_images
 from stage3_llm.eval_stats import majority_answer, wilson_interval
 from stage3_llm.generate import generate_batch
 from stage3_llm.task_sample import task_of
 from stage3_llm.tower import candidates, tower_answers
 
 METRICS = ("exact_match", "contains_answer")
-BLIND = ("blind_blank", "blind_shuffled")
+BLIND = tuple(f"blind_{image}" for image in BLIND_IMAGES)
 
 
 def first_turn(conversation) -> tuple[str, str]:
@@ -72,11 +72,15 @@ def answer_questions(bundle, pairs: list[tuple[str, str]], source, max_new_token
 
 
 def add_blind_answers(results: list[dict], bundle, conversations, source, max_new_tokens: int, batch_size: int,
-                      seed: int, where: str) -> None:
-    """results[i]["blind_blank" | "blind_shuffled"] = the same model's answer with a blank / another image."""
-    shuffled = shuffled_images([c.image for c in conversations], seed, where)
-    for name, show in (("blind_blank", lambda image: BLANK), ("blind_shuffled", shuffled.__getitem__)):
-        blind = answer_conversations(bundle, conversations, source, max_new_tokens, batch_size, show)
+                      seed: int, where: str, images: tuple[str, ...] = BLIND_IMAGES) -> None:
+    """results[i]["blind_blank" | "blind_shuffled"] = the same model's answer with a blank / another image, for
+    each of `images`."""
+    shows = {"blank": lambda image: BLANK}
+    if "shuffled" in images:
+        shows["shuffled"] = shuffled_images([c.image for c in conversations], seed, where).__getitem__
+    for image in images:
+        name = f"blind_{image}"
+        blind = answer_conversations(bundle, conversations, source, max_new_tokens, batch_size, shows[image])
         for result, other in zip(results, blind):
             result[name] = {key: other[key] for key in ("image", "answer", *METRICS)}
 

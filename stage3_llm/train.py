@@ -14,6 +14,7 @@ from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
 from mmtool.train_cadence import steps_per_epoch
 from mmtool.train_loop import Stage, StepResult, start_run, train
+from stage2_projector.answer_loss import check_weighting
 from stage2_projector.checkpoint import MODEL_FILE, VlmBundle
 from stage2_projector.evaluate import evaluate_answer_loss, model_inputs
 from stage2_projector.feature_cache import open_feature_cache
@@ -69,6 +70,8 @@ class FinetuneStage(Stage):
             check_packable(bundle.llm.model)
         self.collate = partial(collate_conversations, pad_id=bundle.tokenizer.pad_token_id, packed=cfg.data.packed,
                                image_token_id=bundle.llm.image_token_id)
+        check_weighting(cfg.train.answer_weighting)
+        self.model.answer_weighting = cfg.train.answer_weighting
         self.model.feature_cache = self.cache = open_feature_cache(
             self.model, bundle.record, cfg.data.feature_cache, Path(cfg.data.train).parent, cfg.train)
 

@@ -40,6 +40,8 @@ def test_single_stage_plans_no_align_step_and_finetunes_from_the_clip_checkpoint
     assert finetune.after == ["pretrain-clip", "instructions"]
     root = typer.main.get_command(app)
     root.commands["finetune"].make_context("finetune", list(finetune.args[1:]))
+    evaluation = by_name["eval-llava:heldout_train"].args
+    assert evaluation[evaluation.index("--blind") + 1] == "shuffled"  # the config's one blind copy
 
 
 def test_two_stage_aligns_first_and_finetunes_the_aligned_model(monkeypatch):

@@ -169,3 +169,18 @@ def test_the_command_prints_the_table_and_writes_the_report(setup, tmp_path):
     refused = mmtool("eval-llava", "--model", root / "vlm.pt", "--data", data, "--vision", other, check=False)
     assert refused.returncode == 2 and "sha256 differs" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_one_blind_copy_answers_alone_and_an_unknown_one_is_refused(setup, tmp_path):
+    root, data = setup
+    out = tmp_path / "eval.json"
+    printed = mmtool("eval-llava", "--model", root / "vlm.pt", "--data", data, "--per-task", "2", "--max-new-tokens",
+                     "4", "--blind", "shuffled", "--no-tower", "--out-json", out).stdout
+    group_row = next(line.split() for line in printed.splitlines() if line.startswith("group"))
+    assert group_row[-3] == "-" and group_row[-2].endswith("%")  # blank not run, shuffled run
+    report = json.loads(out.read_text())
+    assert all("blind_shuffled" in r and "blind_blank" not in r for r in report["answers"])
+    assert list(report["baselines"]["blind"]) == ["shuffled"]
+
+    refused = mmtool("eval-llava", "--model", root / "vlm.pt", "--data", data, "--blind", "blanc", check=False)
+    assert refused.returncode == 2 and "--blind 'blanc': unknown 'blanc'" in refused.stderr

@@ -1,8 +1,11 @@
-"""eval-llava's statistics: the Wilson interval, the majority answer and the seeded, balanced per-task choice."""
+"""eval-llava's statistics: the Wilson interval, the majority answer and the seeded, balanced per-task choice; the
+--blind choice."""
 from collections import Counter
 
 import pytest
 
+from mmtool.errors import MmtoolError
+from stage3_llm.blind import parse_blind
 from stage3_llm.conversations import Conversation
 from stage3_llm.eval_stats import majority_answer, wilson_interval
 from stage3_llm.evaluate import score
@@ -69,3 +72,11 @@ def test_scores_carry_intervals_majority_blind_and_tower_rates():
     assert "tower" not in scores["describe"] and "tower" not in scores["all"]  # no tower answer to describe
     # Overall: each task's commonest answer, always given (8 of 10 yes/no, 5 of 5 describe).
     assert scores["all"]["majority"]["rate"] == pytest.approx(13 / 15)
+
+
+def test_blind_copies_parse_in_a_fixed_order():
+    assert parse_blind("shuffled,blank") == ("blank", "shuffled")
+    assert parse_blind(" shuffled ") == ("shuffled",)
+    assert parse_blind("none") == ()
+    with pytest.raises(MmtoolError, match="unknown 'grey'"):
+        parse_blind("blank,grey")

@@ -196,3 +196,14 @@ def test_single_stage_trains_a_fresh_projector_with_lora_from_the_clip_checkpoin
 def test_finetune_needs_an_aligned_model_or_a_clip_checkpoint(parts, tmp_path):
     with pytest.raises(MmtoolError, match="or model.vision a stage-1 clip.pt"):
         finetune(config(parts, "model.base=null"), tmp_path / "none")
+
+
+def test_per_conversation_weighting_changes_the_training_loss_not_the_val_loss(parts, tmp_path):
+    for weighting in ("token", "conversation"):
+        finetune(config(parts, "train.max_steps=1", f"train.answer_weighting={weighting}"), tmp_path / weighting)
+    token, conversation = (records(tmp_path / w, "train")[0]["loss"] for w in ("token", "conversation"))
+    assert abs(token - conversation) > 1e-4  # the same first batch, averaged two ways
+    assert (records(tmp_path / "token", "val")[0]["answer_loss"]
+            == records(tmp_path / "conversation", "val")[0]["answer_loss"])  # val is always per token
+    with pytest.raises(MmtoolError, match="train.answer_weighting: unknown 'sample'"):
+        finetune(config(parts, "train.max_steps=1", "train.answer_weighting=sample"), tmp_path / "refused")
