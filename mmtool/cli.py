@@ -178,8 +178,8 @@ def eval_llava(
 
     json_out = one_of(json_out, old_json, "--out-json")
     options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, blind=parse_blind(blind), tower=tower, vision=one_of(clip, vision, "--clip"),
-                          any_vision=any_clip or any_vision)
+                          batch_size=batch_size, blind=parse_blind(blind), tower=tower,
+                          vision=one_of(clip, vision, "--clip"), any_vision=any_clip or any_vision)
     report = run_eval(model, data, image_folder, options)
     print(report["table"])
     if json_out:

@@ -77,8 +77,8 @@ class VisionLanguageModel(nn.Module):
                 labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> dict:
         """Without labels {"logits" [B, T, V]}. With labels {"loss_sum", "tokens", "loss"}: next-token cross-entropy
         over the supervised (label != -100) positions, summed, and averaged by `answer_weighting` (the training
-        loss), and "logits" [K, V] of the K positions that predict them, in order. A packed batch (stage2_projector/packing.py) gives a [1, 1, T, T] attention
-        mask and the samples' own position_ids."""
+        loss), and "logits" [K, V] of the K positions that predict them, in order. A packed batch
+        (stage2_projector/packing.py) gives a [1, 1, T, T] attention mask and the samples' own position_ids."""
         return self.run_llm(self.embed(input_ids, images), attention_mask, labels, position_ids)
 
     def run_llm(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor | None = None,
