@@ -5,9 +5,9 @@ from pathlib import Path
 
 from mmtool.checkpoint import file_sha256, load_model
 from stage2_projector.checkpoint import KIND, resolve_model_file
+from stage3_llm.blind import BLIND_IMAGES
 from stage3_llm.checkpoint import load_finetuned, merged_llm
 from stage3_llm.conversations import read_conversations
-from stage3_llm.blind import BLIND_IMAGES
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task
 from stage3_llm.tower import NAME_TEMPLATE, YESNO_RULE, candidates, load_tower
