@@ -53,6 +53,7 @@ class TokenizerConfig:
 @dataclass
 class ModelConfig:
     embed_dim: int = 256
+    head: str = "linear"  # linear | mlp: each tower's projection into the embedding (stage1_clip/heads.py)
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 

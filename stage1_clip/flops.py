@@ -19,6 +19,7 @@ Training = forward + backward; the backward of a product costs two products (inp
 the patch embedding, whose input (the pixels) needs no gradient: train = 3 * forward - patch embedding.
 """
 from stage1_clip.config import ModelConfig
+from stage1_clip.heads import head_flops
 
 
 def transformer_layer_flops(tokens: int, width: int, mlp_ratio: float) -> int:
@@ -40,7 +41,7 @@ def image_tower_flops(cfg: ModelConfig) -> int:
         raise ValueError(f"FLOP count covers the vit image tower only, not {vision.type!r}")
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
     layers = vision.layers * transformer_layer_flops(tokens, vision.width, vision.mlp_ratio)
-    return patch_embedding_flops(cfg) + layers + 2 * vision.width * cfg.embed_dim
+    return patch_embedding_flops(cfg) + layers + head_flops(cfg.head, vision.width, cfg.embed_dim)
 
 
 def text_tower_flops(cfg: ModelConfig) -> int:
@@ -49,7 +50,7 @@ def text_tower_flops(cfg: ModelConfig) -> int:
     if text.type != "transformer":
         raise ValueError(f"FLOP count covers the transformer text tower only, not {text.type!r}")
     layers = text.layers * transformer_layer_flops(text.context_length, text.width, text.mlp_ratio)
-    return layers + 2 * text.width * cfg.embed_dim
+    return layers + head_flops(cfg.head, text.width, cfg.embed_dim)
 
 
 def loss_flops(cfg: ModelConfig, batch: int) -> int:

@@ -3,7 +3,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtool.errors import MmtoolError
 from stage1_clip.config import LossConfig, ModelConfig
+from stage1_clip.heads import projection_head
 from stage1_clip.towers import build_text_tower, build_vision_tower
 
 
@@ -14,13 +16,14 @@ class CLIP(nn.Module):
         self.vision = build_vision_tower(model_cfg.vision, model_cfg.embed_dim, hf_vision_config)
         self.text = build_text_tower(model_cfg.text, vocab_size, hf_text_config)
         if model_cfg.vision.type == "resnet":
+            if model_cfg.head != "linear":
+                raise MmtoolError(f"model.head: {model_cfg.head!r} needs a pooled image tower; the resnet's "
+                                  f"attention pool projects to the embedding itself")
             # CLIP's ResNet ends in an attention pool whose output projection already maps to the embedding.
             self.image_projection = nn.Identity()
         else:
-            self.image_projection = nn.Linear(self.vision.output_width, model_cfg.embed_dim, bias=False)
-            nn.init.normal_(self.image_projection.weight, std=self.vision.output_width ** -0.5)
-        self.text_projection = nn.Linear(self.text.output_width, model_cfg.embed_dim, bias=False)
-        nn.init.normal_(self.text_projection.weight, std=self.text.output_width ** -0.5)
+            self.image_projection = projection_head(model_cfg.head, self.vision.output_width, model_cfg.embed_dim)
+        self.text_projection = projection_head(model_cfg.head, self.text.output_width, model_cfg.embed_dim)
         # Shape (1,), not a 0-dim scalar: DeepSpeed 0.19.8 cannot flatten 0-dim parameters.
         self.logit_scale = nn.Parameter(torch.full((1,), loss_cfg.init_logit_scale))
         self.logit_bias = nn.Parameter(torch.full((1,), loss_cfg.init_logit_bias)) if loss_cfg.type == "siglip" else None

@@ -41,6 +41,12 @@ def _require(cfg, tower_type: str, where: str) -> None:
                           f"export it with --format safetensors")
 
 
+def require_linear_head(model_cfg) -> None:
+    if model_cfg.head != "linear":
+        raise MmtoolError(f"model.head: a {model_cfg.head!r} head has no Hugging Face CLIP equivalent (only "
+                          f"'linear'); export it with --format safetensors")
+
+
 def vision_config_to_hf(cfg: VisionConfig, projection_dim: int) -> CLIPVisionConfig:
     _require(cfg, "vit", "model.vision.type")
     return CLIPVisionConfig(hidden_size=cfg.width, intermediate_size=int(cfg.width * cfg.mlp_ratio),

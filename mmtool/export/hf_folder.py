@@ -6,7 +6,8 @@ from transformers import CLIPModel, CLIPVisionModelWithProjection
 
 from mmtool.errors import MmtoolError
 from mmtool.export.folder import staged_folder, weights_sha256, write_manifest
-from mmtool.export.hf_clip import clip_to_hf, image_processor, vision_model_with_projection_to_hf
+from mmtool.export.hf_clip import (clip_to_hf, image_processor, require_linear_head,
+                                   vision_model_with_projection_to_hf)
 from mmtool.export.hf_tokenizer import sentencepiece_to_hf
 from stage1_clip.tokenizer import SentencePieceTokenizer
 
@@ -20,6 +21,7 @@ def _load_exact(model, state_dict: dict) -> None:
 
 def export_vision_hf(bundle, source: Path, out: Path) -> None:
     cfg = bundle.config.model
+    require_linear_head(cfg)
     config, state = vision_model_with_projection_to_hf(bundle.model.vision, cfg.vision, bundle.model.image_projection)
     model = CLIPVisionModelWithProjection(config).eval()
     _load_exact(model, state)
@@ -36,6 +38,7 @@ def export_clip_hf(bundle, source: Path, out: Path) -> None:
     if not isinstance(bundle.tokenizer, SentencePieceTokenizer):
         raise MmtoolError(f"{source}: model.text.type is {cfg.text.type!r}; only mmtool's own text transformer "
                           f"becomes a CLIPModel, export this one with --format safetensors")
+    require_linear_head(cfg)
     config, state = clip_to_hf(bundle.model, cfg)
     model = CLIPModel(config).eval()
     _load_exact(model, state)

@@ -13,6 +13,7 @@ from mmtool.export.folder import read_manifest, staged_folder, weights_sha256, w
 from mmtool.export.standalone_towers import ImageEncoder
 from stage1_clip.checkpoint import ClipBundle, clip_extras, clip_from_parts
 from stage1_clip.config import VisionConfig
+from stage1_clip.heads import projection_head
 from stage1_clip.towers import build_vision_tower
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -35,7 +36,8 @@ def export_vision_safetensors(bundle, source: Path, out: Path) -> None:
     encoder = ImageEncoder.from_clip(bundle.model)
     with staged_folder(out) as stage:
         save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(stage / WEIGHTS))
-        config = {"format": "mmtool.image_encoder/1", "embed_dim": cfg.embed_dim, "vision": to_dict(cfg.vision)}
+        config = {"format": "mmtool.image_encoder/1", "embed_dim": cfg.embed_dim, "head": cfg.head,
+                  "vision": to_dict(cfg.vision)}
         (stage / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         _write_extras(stage, {k: v for k, v in clip_extras(bundle.config, bundle.tokenizer, bundle.model).items()
                               if k == "hf_vision_config.json"})
@@ -78,9 +80,10 @@ def load_image_encoder(folder: Path) -> tuple[ImageEncoder, VisionConfig]:
     extras = _read_extras(folder)
     hf_config = json.loads(extras["hf_vision_config.json"]) if "hf_vision_config.json" in extras else None
     tower = build_vision_tower(vision_cfg, config["embed_dim"], hf_config)
-    # CLIP's ResNet already projects to the embedding in its attention pool (stage1_clip/model.py).
+    # CLIP's ResNet already projects to the embedding in its attention pool (stage1_clip/model.py); exports made
+    # before model.head existed have linear heads.
     projection = (nn.Identity() if vision_cfg.type == "resnet"
-                  else nn.Linear(tower.output_width, config["embed_dim"], bias=False))
+                  else projection_head(config.get("head", "linear"), tower.output_width, config["embed_dim"]))
     encoder = ImageEncoder(tower, projection)
     encoder.load_state_dict(load_file(str(folder / WEIGHTS)))
     return encoder.eval(), vision_cfg

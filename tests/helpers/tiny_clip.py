@@ -14,8 +14,9 @@ TINY_VIT = VisionConfig(type="vit", image_size=32, patch_size=8, width=64, layer
 TINY_TEXT = TextConfig(type="transformer", context_length=24, width=48, layers=2, heads=4)
 
 
-def write_tiny_clip(shards: Path, path: Path, vision: VisionConfig = TINY_VIT, seed: int = 0) -> Path:
-    cfg = ClipConfig(model=ModelConfig(embed_dim=32, vision=vision, text=TINY_TEXT))
+def write_tiny_clip(shards: Path, path: Path, vision: VisionConfig = TINY_VIT, seed: int = 0,
+                    head: str = "linear") -> Path:
+    cfg = ClipConfig(model=ModelConfig(embed_dim=32, head=head, vision=vision, text=TINY_TEXT))
     cfg.data.train, cfg.data.val = str(shards / "train-*.tar"), str(shards / "val-*.tar")
     tokenizer = train_tokenizer(resolve_shards(cfg.data.train), vocab_size=400, limit=10_000)
     torch.manual_seed(seed)

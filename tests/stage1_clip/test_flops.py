@@ -15,6 +15,9 @@ CONFIGS = {
     "odd_mlp": ModelConfig(embed_dim=8, vision=VisionConfig(image_size=24, patch_size=6, width=12, layers=1, heads=3,
                                                             mlp_ratio=2.5),
                            text=TextConfig(context_length=7, width=20, layers=2, heads=5, mlp_ratio=3.0)),
+    "mlp_head": ModelConfig(embed_dim=8, head="mlp", vision=VisionConfig(image_size=16, patch_size=8, width=12,
+                                                                         layers=1, heads=3),
+                            text=TextConfig(context_length=6, width=10, layers=1, heads=2)),
 }
 
 

@@ -38,13 +38,15 @@ def test_resnet_tower(emoji_shards, tmp_path):
     assert load_clip(tmp_path / "clip.safetensors").config.model.vision.type == "resnet"
 
 
-def test_lit_locked_pretrained_text_tower(emoji_shards, tmp_path):
-    """The bundled MiniLM stays exactly as loaded (lr 0); the checkpoint rebuilds it without the package's files."""
+def test_lit_locked_pretrained_text_tower_with_mlp_heads(emoji_shards, tmp_path):
+    """The bundled MiniLM stays exactly as loaded (lr 0) under an MLP head; the checkpoint rebuilds both without the
+    package's files."""
     from mmtool.pretrained import resolve_model_dir
     from stage1_clip.hf_text import HFTextTower
 
-    run("configs/clip/lit_minilm.yaml", emoji_shards, tmp_path, "model.vision.layers=2")
+    run("configs/clip/lit_minilm.yaml", emoji_shards, tmp_path, "model.vision.layers=2", "model.head=mlp")
     bundle = load_clip(tmp_path / "clip.pt")
+    assert bundle.config.model.head == "mlp" and isinstance(bundle.model.text_projection, torch.nn.Sequential)
     original = HFTextTower.from_pretrained(resolve_model_dir("minilm")).state_dict()
     trained = bundle.model.text.state_dict()
     assert original.keys() == trained.keys()

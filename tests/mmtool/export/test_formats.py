@@ -48,20 +48,22 @@ def test_onnx_vision_export_has_no_text_encoder(tiny_clip_checkpoint, tmp_path):
         runtime.encode_texts(["a cat"])
 
 
-@pytest.mark.parametrize("vision", [
-    VisionConfig(type="vit", image_size=32, patch_size=8, width=64, layers=2, heads=4),
-    VisionConfig(type="resnet", image_size=32, width=16, heads=2, stage_blocks=[1, 1, 1, 1]),
-], ids=["vit", "resnet"])
-def test_safetensors_vision_rebuilds_the_same_encoder(emoji_shards, val_set, vision, tmp_path):
-    checkpoint = write_tiny_clip(emoji_shards, tmp_path / "clip.pt", vision=vision)
+@pytest.mark.parametrize("vision,head", [
+    (VisionConfig(type="vit", image_size=32, patch_size=8, width=64, layers=2, heads=4), "linear"),
+    (VisionConfig(type="vit", image_size=32, patch_size=8, width=64, layers=2, heads=4), "mlp"),
+    (VisionConfig(type="resnet", image_size=32, width=16, heads=2, stage_blocks=[1, 1, 1, 1]), "linear"),
+], ids=["vit", "vit_mlp_head", "resnet"])
+def test_safetensors_vision_rebuilds_the_same_encoder(emoji_shards, val_set, vision, head, tmp_path):
+    checkpoint = write_tiny_clip(emoji_shards, tmp_path / "clip.pt", vision=vision, head=head)
     export("export-vision", checkpoint, "--format", "safetensors", "--out", tmp_path / "st")
     encoder, vision_cfg = load_image_encoder(tmp_path / "st")
     images = val_set["image"][:16]
     with torch.no_grad():
         assert torch.equal(encoder(images), load_clip(checkpoint).model.encode_image(images))
     assert vision_cfg.type == vision.type
-    if vision.type == "resnet":
-        with pytest.raises(MmtoolError, match="'resnet' tower has no Hugging Face CLIP.*--format safetensors"):
+    if vision.type == "resnet" or head == "mlp":
+        refusal = "'resnet' tower" if vision.type == "resnet" else "'mlp' head"
+        with pytest.raises(MmtoolError, match=f"{refusal} has no Hugging Face CLIP.*--format safetensors"):
             export("export-vision", checkpoint, "--format", "hf", "--out", tmp_path / "hf")
         assert not (tmp_path / "hf").exists()
 
