@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from mmtool.checkpoint import file_sha256, load_model, save_model
 from mmtool.config import from_dict, to_dict
@@ -18,6 +17,7 @@ from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD, eval_transform, load
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
 from stage1_clip.config import ClipConfig
+from stage1_clip.heads import projection_head
 from stage1_clip.towers import build_vision_tower
 from stage2_projector.config import AlignConfig
 from stage2_projector.features import PatchFeatures
@@ -57,7 +57,7 @@ def build_vlm(cfg: AlignConfig, vision_path: str | Path, llm: LoadedLlm | None =
     vision_cfg = clip.config.model.vision
     embedding = clip.model.image_projection if cfg.model.clip_embedding_token else None
     features = PatchFeatures(clip.model.vision, vision_cfg.type, cfg.model.feature_layer, embedding,
-                             clip.config.model.embed_dim)
+                             clip.config.model.embed_dim, cfg.model.token_grid)
     image_size = cfg.model.image_size or vision_cfg.image_size
     if vision_cfg.type == "vit" and image_size != vision_cfg.image_size:
         raise MmtoolError(f"model.image_size {image_size}: a ViT tower runs at the size it was trained at "
@@ -68,7 +68,8 @@ def build_vlm(cfg: AlignConfig, vision_path: str | Path, llm: LoadedLlm | None =
     record = {
         "align": to_dict(cfg),
         "vision": {"checkpoint": str(vision_path), "sha256": file_sha256(vision_path), "type": vision_cfg.type,
-                   "feature_layer": cfg.model.feature_layer, "image_size": image_size,
+                   "feature_layer": cfg.model.feature_layer, "token_grid": cfg.model.token_grid,
+                   "image_size": image_size,
                    "mean": CLIP_MEAN.tolist(), "std": CLIP_STD.tolist(), "feature_width": features.width,
                    "clip_embedding_token": cfg.model.clip_embedding_token,
                    "num_image_tokens": features.num_tokens(image_size)},
@@ -102,10 +103,11 @@ def load_vlm(path: str | Path, llm: str | LoadedLlm | None = None) -> VlmBundle:
     vision_cfg = replace(clip_config.model.vision, pretrained=False)  # weights come from the state dict
     tower = build_vision_tower(vision_cfg, clip_config.model.embed_dim)
     embed_dim = clip_config.model.embed_dim
-    # Older records have no clip_embedding_token field: they were made without one.
-    embedding = (nn.Linear(tower.output_width, embed_dim, bias=False)
+    # Older records have no clip_embedding_token or token_grid field: they were made without them.
+    embedding = (projection_head(clip_config.model.head, tower.output_width, embed_dim)
                  if record["vision"].get("clip_embedding_token") else None)
-    features = PatchFeatures(tower, vision_cfg.type, record["vision"]["feature_layer"], embedding, embed_dim)
+    features = PatchFeatures(tower, vision_cfg.type, record["vision"]["feature_layer"], embedding, embed_dim,
+                             record["vision"].get("token_grid"))
     if not isinstance(llm, LoadedLlm):
         llm = load_llm(llm or record["llm"]["spec"])
     check_same_llm(record["llm"], llm.identity, str(path))

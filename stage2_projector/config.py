@@ -13,6 +13,9 @@ class ModelConfig:
     # Which image-tower hidden state feeds the projector: Python indexing into [embeddings, block 1, ..., block L]
     # (ViT) or [stem, block 0, ..., block 15, head] (EfficientNet-Lite0). -2 = second to last, as LLaVA.
     feature_layer: int = -2
+    # Average-pool the layer's feature map to token_grid x token_grid image tokens (null: the map's own grid, e.g.
+    # 3x3 at 96 px, 5x5 at 160 px): a high-resolution tower without more LLM tokens (stage2_projector/features.py).
+    token_grid: int | None = None
     projector: str = "mlp2x_gelu"  # linear | mlpNx_gelu (N linear layers with GELU between)
     # Input size of stages 2-3 (chat, eval); null = the size the tower was trained at. A conv tower runs at any
     # size: EfficientNet-Lite0 gives (size / 32)^2 tokens at the last layers, 4x that at blocks 10-14.

@@ -3,7 +3,7 @@
 Key: sha256 of the preprocessed image tensor, the exact input of the tower, so the decoder, resize, crop and
 normalisation are part of the key and a random augmentation can never be served a stale view. Namespace: the
 tower's weights (sha256 of its state dict as trained, not of a file that may hold other weights), type, feature
-layer, image size and the engine's precision setting (bf16 autocast gives other features than float32). A changed
+layer, token grid, image size and the engine's precision setting (bf16 autocast gives other features than float32). A changed
 tower, layer, resolution or precision reads and writes another folder, so it never sees the old entries.
 
 Where: beside the training data (`<data folder>/feature_cache/<namespace>/`), so every run on the same tower and
@@ -27,5 +27,7 @@ def open_feature_cache(model, record: dict, setting: str | None, data_folder: Pa
     vision = record["vision"]
     namespace = {"tower_sha256": weights_sha256(model.vision), "type": vision["type"],
                  "feature_layer": vision["feature_layer"], "image_size": vision["image_size"],
-                 "precision": precision_of(load_deepspeed_config(train.deepspeed))}
+                 "precision": precision_of(load_deepspeed_config(train.deepspeed)),
+                 # only when set: the entries of runs made before token_grid existed keep their folder
+                 **({"token_grid": vision["token_grid"]} if vision.get("token_grid") else {})}
     return FeatureCache(Path(data_folder) / FOLDER if setting == "auto" else Path(setting), namespace)

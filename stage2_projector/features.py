@@ -2,7 +2,9 @@
 
 ViT: hidden states [embeddings after ln_pre, block 1, ..., block L] without the CLS token (LLaVA's "patch tokens
 only"). EfficientNet-Lite0: the feature maps [stem, block 0, ..., block 15, head], each read as h*w tokens.
-`layer` indexes these lists the Python way (-2 = second to last).
+`layer` indexes these lists the Python way (-2 = second to last). With `grid` g the patch tokens are average-pooled
+to g x g (adaptive: overlapping windows when the map is not a multiple of g), so a larger input or an earlier layer
+reaches the LLM without more tokens; the embedding token and the tower's pooled output see the full map.
 
 With `embedding` (the CLIP model's image projection), one more token follows the patch tokens: the tower's pooled
 output projected into CLIP's joint space and L2-normalised, the vector its zero-shot and retrieval answers come
@@ -20,7 +22,7 @@ SUPPORTED = ("vit", "efficientnet_lite0")
 
 class PatchFeatures(nn.Module):
     def __init__(self, tower: nn.Module, tower_type: str, layer: int, embedding: nn.Module | None = None,
-                 embed_dim: int = 0):
+                 embed_dim: int = 0, grid: int | None = None):
         super().__init__()
         if tower_type not in SUPPORTED:
             raise MmtoolError(f"vision tower type {tower_type!r}: no patch features for stage 2 "
@@ -30,7 +32,9 @@ class PatchFeatures(nn.Module):
         if not -len(widths) <= layer < len(widths):
             raise MmtoolError(f"model.feature_layer {layer}: the {tower_type} tower has {len(widths)} hidden states "
                               f"(valid {-len(widths)} .. {len(widths) - 1})")
-        self.layer = layer
+        if grid is not None and grid < 1:
+            raise MmtoolError(f"model.token_grid {grid}: needs at least a 1 x 1 grid (or null: the layer's own)")
+        self.layer, self.grid = layer, grid
         self.embedding, self.embed_dim = embedding, embed_dim if embedding is not None else 0
         self.patch_width = widths[layer]
         self.width = self.patch_width + self.embed_dim
@@ -55,15 +59,21 @@ class PatchFeatures(nn.Module):
         if self.tower_type == "vit":
             states = self.tower.forward_hidden_states(images)
             patches = states[self.layer][:, 1:]  # [B, N, D], CLS dropped
+            side = int(round(patches.shape[1] ** 0.5))
+            grid_map = patches.transpose(1, 2).unflatten(2, (side, side))  # [B, D, s, s]
             pooled = self.tower.ln_post(states[-1][:, 0])  # [B, D]: the tower's own output (as its forward)
         else:
             maps = self._efficientnet_maps(images)
-            patches = maps[self.layer].flatten(2).transpose(1, 2)  # [B, h*w, C]
+            grid_map = maps[self.layer]  # [B, C, h, w]
             pooled = maps[-1].mean(dim=(2, 3))  # [B, 1280]: the tower's own output (global average pool)
+        if self.grid is not None:
+            grid_map = F.adaptive_avg_pool2d(grid_map, self.grid)  # [B, C, g, g]
+        patches = grid_map.flatten(2).transpose(1, 2)  # [B, h*w or g*g, C]
         if self.embedding is None:
             return patches
         # Unit-norm embeddings have entries near 1/sqrt(E): scaled to unit RMS, like the patch features.
-        joint = F.normalize(self.embedding(pooled.to(self.embedding.weight.dtype)), dim=-1) * self.embed_dim ** 0.5
+        head_dtype = next(self.embedding.parameters()).dtype
+        joint = F.normalize(self.embedding(pooled.to(head_dtype)), dim=-1) * self.embed_dim ** 0.5
         patch_part = F.pad(patches, (0, self.embed_dim))  # [B, N, C + E]
         joint_part = F.pad(joint.to(patches.dtype), (self.patch_width, 0)).unsqueeze(1)  # [B, 1, C + E]
         return torch.cat([patch_part, joint_part], dim=1)  # [B, N + 1, C + E]

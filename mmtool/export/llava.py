@@ -44,6 +44,9 @@ def export_llava(bundle, out: Path) -> Path:
     if record["vision"].get("clip_embedding_token"):
         raise MmtoolError("export-llava: the CLIP embedding token (model.clip_embedding_token) has no "
                           "transformers LLaVA counterpart")
+    if record["vision"].get("token_grid"):
+        raise MmtoolError("export-llava: pooled image tokens (model.token_grid) have no transformers LLaVA "
+                          "counterpart")
     if record["projector"]["type"] != "mlp2x_gelu":
         raise MmtoolError(f"export-llava: projector {record['projector']['type']!r} does not fit LLaVA's "
                           "two-layer projector (train with model.projector=mlp2x_gelu)")

@@ -15,12 +15,12 @@ CORPUS = ["a grinning face with big eyes", "a red apple", "cat face with tears o
           "green heart", "smiling face with sunglasses", "Describe this image briefly.", "What is shown?"]
 
 
-def save_tiny_clip(path: Path, vision_type: str = "vit", seed: int = 0) -> Path:
+def save_tiny_clip(path: Path, vision_type: str = "vit", seed: int = 0, head: str = "linear") -> Path:
     """A random-weight ViT (image 32, patch 8: 16 patch tokens, width 32, 2 blocks) or EfficientNet-Lite0 CLIP."""
     torch.manual_seed(seed)
     vision = (VisionConfig(type="vit", image_size=32, patch_size=8, width=32, layers=2, heads=2)
               if vision_type == "vit" else VisionConfig(type=vision_type, image_size=64, pretrained=False))
-    cfg = ClipConfig(model=ModelConfig(embed_dim=32, vision=vision,
+    cfg = ClipConfig(model=ModelConfig(embed_dim=32, head=head, vision=vision,
                                        text=TextConfig(context_length=16, width=32, layers=1, heads=2)))
     tokenizer = SentencePieceTokenizer.train(CORPUS * 20, 60)
     model = CLIP(cfg.model, cfg.loss, tokenizer.vocab_size)

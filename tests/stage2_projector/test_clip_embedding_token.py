@@ -1,4 +1,4 @@
-"""Stage 2's image-token options: CLIP's own image embedding as one more token, and another input size."""
+"""Stage 2's image-token options: CLIP's own image embedding as one more token, another input size, pooled tokens."""
 import pytest
 import torch
 from PIL import Image
@@ -38,17 +38,41 @@ def test_the_extra_token_is_clips_image_embedding_in_its_own_channels(tmp_path, 
     torch.testing.assert_close(tokens[:, n, width:], reference * embed_dim ** 0.5, atol=1e-5, rtol=1e-5)
 
 
-def test_the_embedding_weights_reload_with_the_checkpoint(tmp_path):
-    clip_path = save_tiny_clip(tmp_path / "clip.pt", vision_type="efficientnet_lite0")
-    cfg = AlignConfig(model=ModelConfig(vision=str(clip_path), clip_embedding_token=True, image_size=64))
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_the_embedding_weights_and_token_grid_reload_with_the_checkpoint(tmp_path, head):
+    clip_path = save_tiny_clip(tmp_path / "clip.pt", vision_type="efficientnet_lite0", head=head)
+    cfg = AlignConfig(model=ModelConfig(vision=str(clip_path), clip_embedding_token=True, image_size=128,
+                                        token_grid=2))
     bundle = build_vlm(cfg, clip_path, llm=tiny_llm())
     save_vlm(tmp_path / "vlm.pt", bundle.record, bundle.model.state_dict())
     loaded = load_vlm(tmp_path / "vlm.pt", llm=bundle.llm)
-    images = torch.randn(1, 3, 64, 64)
+    images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.vision(images), bundle.model.vision.eval()(images))
-    assert loaded.record["vision"]["image_size"] == 64 and loaded.num_image_tokens == 5  # (64 / 32)^2 + 1
-    assert loaded.preprocess(open_png(tmp_path)).shape == (3, 64, 64)
+        reference = load_clip(clip_path).model.eval().encode_image(images)  # [1, E]
+        torch.testing.assert_close(loaded.model.vision.joint_embeddings(loaded.model.vision(images)), reference)
+    assert loaded.record["vision"]["image_size"] == 128 and loaded.num_image_tokens == 5  # 2 x 2 pooled + 1
+    assert loaded.preprocess(open_png(tmp_path)).shape == (3, 128, 128)
+
+
+@pytest.mark.parametrize("vision_type, size", [("vit", 32), ("efficientnet_lite0", 128)])
+def test_token_grid_averages_blocks_of_the_feature_map(tmp_path, vision_type, size):
+    """Both towers give a 4 x 4 map here; a 2 x 2 grid is the mean of each 2 x 2 block, computed by reshaping."""
+    clip_path = save_tiny_clip(tmp_path / "clip.pt", vision_type=vision_type)
+    full = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), image_size=size)), clip_path,
+                     llm=tiny_llm())
+    pooled = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), image_size=size, token_grid=2)),
+                       clip_path, llm=full.llm)
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        tokens = full.model.vision.eval()(images).double()  # [2, 16, C]
+        got = pooled.model.vision.eval()(images).double()  # [2, 4, C]
+    blocks = tokens.unflatten(1, (2, 2, 2, 2)).mean(dim=(2, 4)).flatten(1, 2)  # rows (i, a), cols (j, b) -> [2, 4, C]
+    torch.testing.assert_close(got, blocks, atol=1e-5, rtol=1e-5)
+    assert full.num_image_tokens == 16 and pooled.num_image_tokens == 4 and pooled.record["vision"]["token_grid"] == 2
+    with pytest.raises(MmtoolError, match="model.token_grid 0"):
+        build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), image_size=size, token_grid=0)), clip_path,
+                  llm=full.llm)
 
 
 def test_a_vit_tower_keeps_its_trained_size(tmp_path):

@@ -69,13 +69,15 @@ def test_cached_features_give_the_live_loss(bundle, tmp_path):
     assert reopened.folder == cache.folder and reopened.entries == 3  # the size is read back from disk
 
 
-def test_a_changed_tower_layer_resolution_or_precision_uses_another_folder(bundle, tmp_path):
+def test_a_changed_tower_layer_grid_resolution_or_precision_uses_another_folder(bundle, tmp_path):
     model, record, train = bundle.model, bundle.record, TrainConfig()
     folder = open_feature_cache(model, record, "auto", tmp_path, train).folder
     other_layer = {**record, "vision": {**record["vision"], "feature_layer": -1}}
     other_size = {**record, "vision": {**record["vision"], "image_size": 64}}
+    pooled = {**record, "vision": {**record["vision"], "token_grid": 2}}
     fp32 = replace(train, deepspeed="configs/deepspeed/fp32.json")
     others = [open_feature_cache(model, other_layer, "auto", tmp_path, train).folder,
+              open_feature_cache(model, pooled, "auto", tmp_path, train).folder,
               open_feature_cache(model, other_size, "auto", tmp_path, train).folder,
               open_feature_cache(model, record, "auto", tmp_path, fp32).folder]
     weight = next(model.vision.parameters())
@@ -84,7 +86,7 @@ def test_a_changed_tower_layer_resolution_or_precision_uses_another_folder(bundl
         others.append(open_feature_cache(model, record, "auto", tmp_path, train).folder)
         weight[0].sub_(1e-3)
     assert open_feature_cache(model, record, "auto", tmp_path, train).folder == folder
-    assert len({folder, *others}) == 5
+    assert len({folder, *others}) == 6
 
 
 def test_a_changed_tower_is_not_served_the_old_features(bundle, tmp_path):

@@ -15,11 +15,11 @@ from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_llm
 pytestmark = pytest.mark.slow
 
 
-def aligned_tiny(tmp_path, vision_type="vit", projector="mlp2x_gelu"):
+def aligned_tiny(tmp_path, vision_type="vit", projector="mlp2x_gelu", token_grid=None):
     clip_path, llm_dir = save_tiny_clip(tmp_path / "clip.pt", vision_type), save_tiny_llm(tmp_path / "llm")
     torch.manual_seed(0)
-    bundle = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), llm=str(llm_dir), projector=projector)),
-                       clip_path)
+    bundle = build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), llm=str(llm_dir), projector=projector,
+                                                     token_grid=token_grid)), clip_path)
     with torch.no_grad():  # a trained-looking projector: larger than its init, so image features matter
         for param in bundle.model.projector.parameters():
             param.mul_(4)
@@ -56,13 +56,14 @@ def test_exported_llava_matches_mmtool_logits_and_greedy_tokens(tmp_path):
     assert len(hf_tokens) >= 3
 
 
-def test_only_vit_towers_and_two_layer_projectors_export(tmp_path):
-    for kind, projector, message in (("efficientnet_lite0", "mlp2x_gelu", "no transformers LLaVA counterpart"),
-                                     ("vit", "linear", "two-layer projector")):
-        folder = tmp_path / f"{kind}_{projector}"
+def test_only_vit_towers_full_grids_and_two_layer_projectors_export(tmp_path):
+    for kind, projector, grid, message in (
+            ("efficientnet_lite0", "mlp2x_gelu", None, "no transformers LLaVA counterpart"),
+            ("vit", "linear", None, "two-layer projector"), ("vit", "mlp2x_gelu", 2, "model.token_grid")):
+        folder = tmp_path / f"{kind}_{projector}_{grid}"
         folder.mkdir()
         with pytest.raises(MmtoolError, match=message):
-            export_llava(load_vlm(aligned_tiny(folder, kind, projector)), folder / "hf")
+            export_llava(load_vlm(aligned_tiny(folder, kind, projector, grid)), folder / "hf")
 
 
 def test_lora_adapters_are_merged_into_the_exported_weights(tmp_path):
