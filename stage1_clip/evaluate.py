@@ -1,5 +1,7 @@
-"""Retrieval recall (both directions, over all items and within each label group) and zero-shot classification
-with prompt-template ensembles."""
+"""Retrieval recall (both directions, over all items and within each label group) and zero-shot classification,
+by prompt-template ensembles and by the classes' own names (probabilities_from_names)."""
+from collections import Counter, defaultdict
+
 import torch
 import torch.nn.functional as F
 
@@ -92,6 +94,33 @@ def zero_shot_accuracy(model, tokenize, image_emb: torch.Tensor, labels: list[st
     return (logits.argmax(1) == target).float().mean().item()
 
 
+def probabilities_from_names(image_emb: torch.Tensor, name_emb: torch.Tensor, name_class: torch.Tensor,
+                             classes: int, scale: float) -> torch.Tensor:
+    """[N, D] images, [V, D] names, [V] class index of each name -> [N, C] P(class | image): the image's softmax
+    over the names (at the CLIP's own logit scale) summed within each class. A coarse label ("an emoji group") is
+    poorly described by a prompt, but its members' names are what the model was trained on (CHiLS, Novack et al.
+    2023, classifies through subclass names the same way)."""
+    name_probs = (scale * image_emb @ name_emb.T).softmax(dim=1)  # [N, V]
+    return torch.zeros(len(image_emb), classes, dtype=name_probs.dtype).index_add_(1, name_class, name_probs)
+
+
+def accuracy_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], labels: list[str],
+                        scale: float) -> float:
+    """Zero-shot accuracy through the set's own captions: each distinct caption counts for the label it carries
+    (the commonest when several), as the i->t retrieval candidates do."""
+    classes = sorted(set(labels))
+    first, votes = {}, defaultdict(Counter)
+    for index, (caption, label) in enumerate(zip(captions, labels)):
+        first.setdefault(caption, index)
+        votes[caption][label] += 1
+    names = list(first)
+    name_class = torch.tensor([classes.index(votes[name].most_common(1)[0][0]) for name in names])  # [V]
+    probs = probabilities_from_names(image_emb, text_emb[[first[name] for name in names]], name_class, len(classes),
+                                     scale)  # [N, C]
+    target = torch.tensor([classes.index(label) for label in labels])
+    return (probs.argmax(1) == target).float().mean().item()
+
+
 def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_size: int = 256,
                   show_progress: bool = False) -> dict:
     """eval_set: {"image": [N,3,H,W], "caption": [N], "labels": {field: [N]}}, as make_eval_set gives.
@@ -104,8 +133,11 @@ def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_s
     metrics = retrieval_recall(image_emb, text_emb, eval_set["caption"])
     for field, labels in eval_set["labels"].items():
         metrics.update(within_group_recall(image_emb, text_emb, eval_set["caption"], labels, field))
+    scale = model.temperature_scale().item()
     for field, labels in eval_set["labels"].items():
         metrics[f"zero_shot_{field}_acc"] = zero_shot_accuracy(model, tokenize, image_emb, labels, templates, batch_size)
+        metrics[f"zero_shot_{field}_from_names_acc"] = accuracy_from_names(image_emb, text_emb, eval_set["caption"],
+                                                                           labels, scale)
         metrics[f"zero_shot_{field}_classes"] = len(set(labels))
     metrics["samples"] = len(eval_set["caption"])
     model.train(was_training)

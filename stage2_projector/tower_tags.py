@@ -5,6 +5,12 @@ A 135M LLM tuned on a few thousand conversations does not learn to read a concep
 ranks names by image-text similarity; tags hand that ranking to the LLM as words it can copy and compare, the way
 LENS (Berrios et al. 2023) feeds a frozen LLM with CLIP's tags. The image tokens stay: the LLM reads both.
 
+Groups are ranked through the names when the training data pairs names with groups (`name_groups`): a group's
+score is the softmax mass of its names at the CLIP's own logit scale (stage1_clip/evaluate.py,
+probabilities_from_names). An "emoji group" prompt is far from anything CLIP was trained on, its members' names are
+not: on held-out Twemoji drawings the tower's top group was right for 27% by prompts and 77% through the names
+(40% and 52% averaged over the groups; docs/stage23_results.md). Without pairs, groups are ranked by their prompt ensembles.
+
 The vocabulary (names and groups) and its CLIP text embeddings are fixed when stage 3 starts and saved with the
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
@@ -13,35 +19,52 @@ line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; S
 import torch
 from torch import nn
 
+from stage1_clip.evaluate import probabilities_from_names
 from stage2_projector.llm import IMAGE_TOKEN
 
 
 class TowerTags(nn.Module):
-    def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int):
+    def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int,
+                 name_groups: list[int] | None = None, scale: float | None = None):
+        """name_groups: each name's index in `groups` (-1: none) to rank groups through the names, at the CLIP's
+        logit `scale`; None: groups ranked by their own embeddings."""
         super().__init__()
         self.names, self.groups = list(names), list(groups)
         self.name_count, self.group_count = min(name_count, len(names)), min(group_count, len(groups))
+        self.name_groups, self.scale = name_groups, scale
         # Filled by the builder (stage3_llm/tower.py) or a checkpoint's state dict.
         self.register_buffer("name_embeddings", torch.zeros(len(names), embed_dim))  # [V, D] unit rows
         self.register_buffer("group_embeddings", torch.zeros(len(groups), embed_dim))  # [G, D] unit rows
 
     def record(self) -> dict:
         """What a checkpoint's record keeps to rebuild this module before its buffers load."""
+        through_names = {"name_groups": self.name_groups, "scale": self.scale} if self.name_groups else {}
         return {"names": self.names, "groups": self.groups, "name_count": self.name_count,
-                "group_count": self.group_count}
+                "group_count": self.group_count, **through_names}
 
     @classmethod
     def from_record(cls, record: dict, embed_dim: int) -> "TowerTags":
-        return cls(record["names"], record["groups"], embed_dim, record["name_count"], record["group_count"])
+        return cls(record["names"], record["groups"], embed_dim, record["name_count"], record["group_count"],
+                   record.get("name_groups"), record.get("scale"))  # older records rank groups by prompts
 
     @torch.no_grad()
     def lines(self, image_embeddings: torch.Tensor) -> list[str]:
         """[B, D] unit image embeddings -> one tag line per image: nearest names, then nearest groups, best first."""
         image_embeddings = image_embeddings.to(self.name_embeddings.dtype)
         names = (image_embeddings @ self.name_embeddings.T).topk(self.name_count, dim=1).indices  # [B, k]
-        groups = (image_embeddings @ self.group_embeddings.T).topk(self.group_count, dim=1).indices  # [B, g]
+        groups = self.group_scores(image_embeddings).topk(self.group_count, dim=1).indices  # [B, g]
         return [tag_line([self.names[i] for i in name_row.tolist()], [self.groups[i] for i in group_row.tolist()])
                 for name_row, group_row in zip(names, groups)]
+
+
+    def group_scores(self, image_embeddings: torch.Tensor) -> torch.Tensor:
+        """[B, D] -> [B, G]: P(group) through the names, or the similarity to each group's own embedding."""
+        if not self.name_groups:
+            return image_embeddings @ self.group_embeddings.T  # [B, G]
+        known = torch.tensor([i for i, group in enumerate(self.name_groups) if group >= 0])  # [V']
+        name_group = torch.tensor(self.name_groups)[known]  # [V']
+        return probabilities_from_names(image_embeddings, self.name_embeddings[known], name_group, len(self.groups),
+                                        self.scale)  # [B, G]
 
 
 def tag_line(names: list[str], groups: list[str]) -> str:

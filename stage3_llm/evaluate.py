@@ -19,7 +19,7 @@ from stage3_llm.blind import BLANK, BLIND_IMAGES, blank_image, shuffled_images
 from stage3_llm.eval_stats import majority_answer, wilson_interval
 from stage3_llm.generate import generate_batch
 from stage3_llm.task_sample import task_of
-from stage3_llm.tower import candidates, tower_answers
+from stage3_llm.tower import candidates, name_group_pairs, tower_answers
 
 METRICS = ("exact_match", "contains_answer")
 BLIND = tuple(f"blind_{image}" for image in BLIND_IMAGES)
@@ -88,7 +88,7 @@ def add_blind_answers(results: list[dict], bundle, conversations, source, max_ne
 def add_tower_answers(results: list[dict], clip, all_conversations, source) -> None:
     """results[i]["tower"] = {"answer", "correct"} of the CLIP tower, or None where it cannot answer."""
     answers = tower_answers(clip, [r["question"] for r in results], [r["image"] for r in results], source,
-                            candidates(all_conversations))
+                            candidates(all_conversations), name_group_pairs(all_conversations))
     for result, answer in zip(results, answers):
         result["tower"] = None if answer is None else {"answer": answer,
                                                        "correct": exact_match(answer, result["reference"])}

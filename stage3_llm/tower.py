@@ -6,8 +6,10 @@ own names and groups (every reference of a naming or group question and every pr
 all the file's conversations, not only the sampled ones):
 - naming ("What is this?"): the name whose text is nearest the image = i→t R@1 among the set's names; a name is
   prompted as the emoji data's canonical caption "an emoji of {name}" (what eval-clip's i→t retrieval ranks);
-- group ("Which emoji group ...?"): zero-shot classification among the set's groups, each the mean of the CLIP
-  config's `eval.templates` embeddings (eval-clip's zero-shot prompt ensemble);
+- group ("Which emoji group ...?"): zero-shot classification among the set's groups through the set's names when
+  its conversations pair names with groups (an image asked both its name and its group): a group's probability is
+  the softmax mass of its names (stage1_clip/evaluate.py, probabilities_from_names; what the tower tags rank by);
+  otherwise each group is the mean of the CLIP config's `eval.templates` embeddings (eval-clip's prompt ensemble);
 - yes/no ("Is this {name}?" / "Does this belong to the {group} group?"): "Yes." exactly when the premise is the
   tower's own zero-shot answer among the names (resp. groups) above. This needs no threshold, hence no
   calibration data, and is the tower's zero-shot answer put as yes/no: a true premise is confirmed as often as
@@ -15,6 +17,7 @@ all the file's conversations, not only the sampled ones):
 Other questions (describe) have no tower answer.
 """
 import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +72,30 @@ def candidates(conversations: list[Conversation]) -> dict[str, list[str]]:
     return {kind: sorted(values) for kind, values in found.items()}
 
 
+def name_group_pairs(conversations: list[Conversation]) -> dict[str, str]:
+    """{name: group} from images asked both: a name and a group each answered (or confirmed "Yes.") for one image;
+    a name seen with several groups keeps its commonest."""
+    per_image = defaultdict(lambda: {"name": set(), "group": set()})
+    for conversation in conversations:
+        turns = conversation.turns
+        for question, answer in zip(turns[0::2], turns[1::2]):
+            parsed = parse_question(question["content"])
+            if parsed is None or (parsed.premise is not None and answer["content"] != "Yes."):
+                continue
+            per_image[conversation.image][parsed.kind].add(parsed.premise or answer["content"])
+    votes = defaultdict(Counter)
+    for found in per_image.values():
+        if len(found["name"]) == 1 and len(found["group"]) == 1:
+            votes[next(iter(found["name"]))][next(iter(found["group"]))] += 1
+    return {name: groups.most_common(1)[0][0] for name, groups in votes.items()}
+
+
+def group_indices(names: list[str], groups: list[str], pairs: dict[str, str]) -> list[int] | None:
+    """Each name's index in `groups` (-1: no known group among them); None when no name has one."""
+    indices = [groups.index(pairs[name]) if pairs.get(name) in groups else -1 for name in names]
+    return indices if any(index >= 0 for index in indices) else None
+
+
 def load_tower(record: dict, model_path: str, vision: str | Path | None, any_vision: bool) -> ClipBundle:
     """The stage-1 CLIP the VLM was aligned on (path from the record unless `vision`), checked by sha256."""
     path = Path(vision or record["vision"]["checkpoint"])
@@ -83,8 +110,9 @@ def load_tower(record: dict, model_path: str, vision: str | Path | None, any_vis
 
 @torch.no_grad()
 def tower_answers(clip: ClipBundle, questions: list[str], images: list[str], source: ImageSource,
-                  choices: dict[str, list[str]]) -> list[str | None]:
-    """The tower's answer to each (question, image) pair: a name, a group, "Yes." / "No.", or None."""
+                  choices: dict[str, list[str]], pairs: dict[str, str]) -> list[str | None]:
+    """The tower's answer to each (question, image) pair: a name, a group, "Yes." / "No.", or None. `pairs`
+    ({name: group}, name_group_pairs) ranks groups through the names."""
     parsed = [parse_question(question) for question in questions]
     answerable = [index for index, item in enumerate(parsed) if item is not None]
     answers: list[str | None] = [None] * len(questions)
@@ -95,12 +123,14 @@ def tower_answers(clip: ClipBundle, questions: list[str], images: list[str], sou
     pixels = torch.stack([eval_transform(load_image(source.read(image)), size) for image in distinct])  # [I, 3, S, S]
     image_emb = embed_images(clip.model, pixels, batch_size)  # [I, D]
     row_of = {image: row for row, image in enumerate(distinct)}
-    predicted = {}  # kind -> [I] index of the nearest candidate
-    for kind in {parsed[index].kind for index in answerable}:
+    kinds = {parsed[index].kind for index in answerable}
+    for kind in kinds:
         if not choices[kind]:
             raise MmtoolError(f"the tower baseline found no {kind}s to choose among in the evaluated file")
-        text_emb = candidate_embeddings(clip, choices[kind], kind)  # [C, D]
-        predicted[kind] = (image_emb @ text_emb.T).argmax(1)  # [I]
+    name_groups = group_indices(choices["name"], choices["group"], pairs) if "group" in kinds else None
+    tags = candidate_tags(clip, choices, kinds | ({"name"} if name_groups else set()), name_groups)
+    predicted = {kind: (image_emb @ tags.name_embeddings.T if kind == "name" else tags.group_scores(image_emb))
+                 .argmax(1) for kind in kinds}  # kind -> [I] index of the tower's top candidate
     for index in answerable:
         item = parsed[index]
         choice = choices[item.kind][int(predicted[item.kind][row_of[images[index]]])]
@@ -119,15 +149,25 @@ def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch
     return F.normalize(per_prompt.view(len(names), len(templates), -1).mean(1), dim=-1)  # [C, D]
 
 
+def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: set[str],
+                   name_groups: list[int] | None, names: int = 0, groups: int = 0) -> TowerTags:
+    """TowerTags over `vocabulary` with the `kinds` ("name", "group") embedded as candidates, groups ranked through
+    the names when `name_groups` is given."""
+    tags = TowerTags(vocabulary["name"], vocabulary["group"], clip.config.model.embed_dim, names, groups,
+                     name_groups, clip.model.temperature_scale().item())
+    for kind in kinds:
+        buffer = tags.name_embeddings if kind == "name" else tags.group_embeddings
+        buffer.copy_(candidate_embeddings(clip, vocabulary[kind], kind))  # [C, D]
+    return tags
+
+
 def build_tower_tags(clip: ClipBundle, conversations: list[Conversation], names: int, groups: int) -> TowerTags:
-    """Tags over every name and group the conversations ask about or answer with, embedded as the tower baseline
-    embeds its candidates (so a tag line lists the tower baseline's own top answers)."""
+    """Tags over every name and group the conversations ask about or answer with, embedded and ranked as the tower
+    baseline ranks its candidates (so a tag line lists the tower baseline's own top answers)."""
     vocabulary = candidates(conversations)
     if not vocabulary["name"] and not vocabulary["group"]:
         raise MmtoolError(f"model.tower_tags: {conversations[0].where.split('#')[0]} holds no naming or group "
                           "question to take the tags' names and groups from")
-    tags = TowerTags(vocabulary["name"], vocabulary["group"], clip.config.model.embed_dim, names, groups)
-    for kind, buffer in (("name", tags.name_embeddings), ("group", tags.group_embeddings)):
-        if vocabulary[kind]:
-            buffer.copy_(candidate_embeddings(clip, vocabulary[kind], kind))
-    return tags
+    name_groups = group_indices(vocabulary["name"], vocabulary["group"], name_group_pairs(conversations))
+    kinds = {kind for kind in ("name", "group") if vocabulary[kind]}
+    return candidate_tags(clip, vocabulary, kinds, name_groups, names, groups)

@@ -1,6 +1,7 @@
 """eval-llava on a tiny random VLM: the blind baselines really show a blank / another image, the tower baseline
 equals a naive CLIP computation, a mismatching tower is refused, and the command prints the table."""
 import json
+import math
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, answer_conversations
 from stage3_llm.generate import generate
-from stage3_llm.tower import NAME_TEMPLATE, candidates, load_tower, tower_answers
+from stage3_llm.tower import NAME_TEMPLATE, candidates, load_tower, name_group_pairs, tower_answers
 from tests.stage1_clip.test_train_e2e import mmtool
 from tests.helpers.tiny_vlm import save_tiny_clip, save_tiny_vlm
 
@@ -88,8 +89,10 @@ def test_blind_answers_come_from_a_blank_and_from_another_image(setup):
 
 
 @torch.no_grad()
-def naive_tower_answer(clip, image_bytes: bytes, question: str, names: list[str], groups: list[str]) -> str | None:
-    """One image, one candidate at a time, cosine similarity by hand."""
+def naive_tower_answer(clip, image_bytes: bytes, question: str, names: list[str], groups: list[str],
+                       pairs: dict[str, str]) -> str | None:
+    """One image, one candidate at a time, cosine similarity by hand; a group scores the sum of exp(scale x
+    similarity) over its names (`pairs`)."""
     image = eval_transform(load_image(image_bytes), clip.config.model.vision.image_size)
     image_emb = clip.model.encode_image(image[None])[0]
 
@@ -103,8 +106,13 @@ def naive_tower_answer(clip, image_bytes: bytes, question: str, names: list[str]
     def by_name():
         return nearest(names, lambda name: [NAME_TEMPLATE.format(name)])
 
+    scale = clip.model.temperature_scale().item()
+
     def by_group():
-        return nearest(groups, lambda group: [template.format(group) for template in clip.config.eval.templates])
+        def mass(group):
+            return sum(math.exp(scale * float(image_emb @ text([NAME_TEMPLATE.format(name)])))
+                       for name in names if pairs[name] == group)
+        return max(groups, key=mass)
 
     text_only = question.removeprefix("<image>\n")
     if text_only in WHAT_QUESTIONS:
@@ -123,11 +131,12 @@ def test_tower_answers_equal_a_naive_clip_computation(setup):
     root, data = setup
     clip = load_clip(root / "clip.pt")
     conversations, source = read_conversations(data)
-    choices = candidates(conversations)
+    choices, pairs = candidates(conversations), name_group_pairs(conversations)
     assert choices == {"name": sorted(NAMES), "group": sorted(GROUPS)}
+    assert pairs == {name: GROUPS[index % len(GROUPS)] for index, name in enumerate(NAMES)}
     questions = [c.turns[0]["content"] for c in conversations]
-    answers = tower_answers(clip, questions, [c.image for c in conversations], source, choices)
-    expected = [naive_tower_answer(clip, source.read(c.image), q, choices["name"], choices["group"])
+    answers = tower_answers(clip, questions, [c.image for c in conversations], source, choices, pairs)
+    expected = [naive_tower_answer(clip, source.read(c.image), q, choices["name"], choices["group"], pairs)
                 for c, q in zip(conversations, questions)]
     assert answers == expected
     assert {a for a, c in zip(answers, conversations) if c.extra["task"] == "describe"} == {None}

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.config import load_config
-from mmtool.data.building.instructions import WHAT_QUESTIONS
+from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
 from stage2_projector.checkpoint import build_vlm, save_vlm
@@ -16,7 +16,7 @@ from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
 from stage3_llm.generate import generate_batch, prompt_ids, tag_lines
 from stage3_llm.start_model import start_bundle, start_file
-from stage3_llm.tower import candidate_embeddings, candidates, tower_answers
+from stage3_llm.tower import candidate_embeddings, candidates, name_group_pairs, tower_answers
 from stage3_llm.train import finetune
 from stage3_llm.training_data import finetune_datasets, set_tower_tags
 from tests.stage3_llm.test_finetune import config, parts  # noqa: F401 - parts is a fixture
@@ -36,6 +36,22 @@ def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
         expected.append(f"Tags: {'; '.join(names[i] for i in name_order)}. "
                         f"Groups: {'; '.join(groups[i] for i in group_order)}.")
     assert tags.lines(images) == expected
+
+
+def test_groups_through_names_rank_by_their_names_softmax_mass_in_float64():
+    generator = torch.Generator().manual_seed(1)
+    names, groups = [f"name {i}" for i in range(12)], [f"group {i}" for i in range(4)]
+    name_groups = [i % 4 if i != 5 else -1 for i in range(12)]  # name 5 has no group: left out
+    tags = TowerTags(names, groups, embed_dim=8, name_count=1, group_count=4, name_groups=name_groups, scale=10.0)
+    tags.name_embeddings.copy_(F.normalize(torch.randn(12, 8, generator=generator), dim=-1))
+    images = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)  # [5, 8]
+    for image, line in zip(images.double(), tags.lines(images)):
+        weights = (10.0 * tags.name_embeddings.double() @ image).exp()  # [12]
+        mass = [sum(weights[i].item() for i in range(12) if name_groups[i] == g) for g in range(4)]
+        order = sorted(range(4), key=lambda g: -mass[g])
+        assert line.endswith(f"Groups: {'; '.join(groups[g] for g in order)}.")
+    rebuilt = TowerTags.from_record(tags.record(), embed_dim=8)
+    assert rebuilt.name_groups == name_groups and rebuilt.scale == 10.0
 
 
 def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
@@ -67,7 +83,12 @@ def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_
     images = sorted({c.image for c in conversations})
     pixels = torch.stack([bundle.preprocess(source.read(image)) for image in images])
     first_names = [line.removeprefix("Tags: ").split(";")[0] for line in tag_lines(bundle.model, pixels)]
-    assert first_names == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(images), images, source, vocabulary)
+    pairs = name_group_pairs(conversations)
+    assert first_names == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(images), images, source, vocabulary, pairs)
+    # Groups are ranked through the names (each image of the file was asked both), as the tower baseline ranks them.
+    assert bundle.record["tower_tags"]["name_groups"] == [vocabulary["group"].index(pairs[n]) for n in tags.names]
+    first_groups = [line.split("Groups: ")[1].split(";")[0].rstrip(".") for line in tag_lines(bundle.model, pixels)]
+    assert first_groups == tower_answers(clip, [GROUP_QUESTION] * len(images), images, source, vocabulary, pairs)
 
     # Training text and generation prompts carry the same line after the image.
     train_set, _ = finetune_datasets(cfg, bundle)
