@@ -261,7 +261,7 @@ def headline(metrics: Path | None) -> str:
     data = json.loads(metrics.read_text())
     if "scores" in data:  # eval-llava
         return llava_headline(data["scores"])
-    keys = ["image_to_text_R@1", "text_to_image_R@1", "zero_shot_group_acc"]
+    keys = ["image_to_text_R@1", "text_to_image_R@1", "zero_shot_group_acc", "zero_shot_group_from_names_acc"]
     return ", ".join(f"{k} {data[k]:.3f}" for k in keys if isinstance(data.get(k), float))
 
 

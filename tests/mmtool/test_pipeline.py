@@ -8,7 +8,7 @@ import typer.main
 from mmtool.cli import app
 from mmtool.config import load_config
 from mmtool.errors import MmtoolError
-from mmtool.pipeline import PipelineConfig, Step, plan, run_pipeline, steps_until
+from mmtool.pipeline import PipelineConfig, Step, headline, plan, run_pipeline, steps_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -168,3 +168,12 @@ def test_a_missing_stage_config_is_named(tmp_path):
     config.unlink()
     with pytest.raises(MmtoolError, match="step b: config file not found: .*stage.yaml"):
         run_pipeline(steps, tmp_path / "stamps", runner=writer(tmp_path, []))
+
+
+def test_a_clip_steps_headline_shows_retrieval_and_both_zero_shot_group_figures(tmp_path):
+    metrics = tmp_path / "eval.json"
+    metrics.write_text(json.dumps({"image_to_text_R@1": 0.136, "text_to_image_R@1": 0.135, "samples": 3307,
+                                   "zero_shot_group_acc": 0.268, "zero_shot_group_from_names_acc": 0.766}))
+    assert headline(metrics) == ("image_to_text_R@1 0.136, text_to_image_R@1 0.135, zero_shot_group_acc 0.268, "
+                                 "zero_shot_group_from_names_acc 0.766")
+    assert headline(tmp_path / "missing.json") == ""
