@@ -19,7 +19,7 @@ def test_zero3_two_ranks_train_and_reload(parts, tmp_path):  # noqa: F811
     out = tmp_path / "zero3"
     sets = [f"model.base={parts / 'align'}", f"data.train={parts / 'instruct' / 'train.json'}",
             f"data.val={parts / 'instruct' / 'train.json'}", "data.batch_size=3", "train.max_steps=4",
-            "train.lr=2e-2", "train.warmup_steps=1", "train.log_every=1", "model.lora.r=4",
+            "train.lr=5e-3", "train.warmup_steps=1", "train.log_every=1", "model.lora.r=4",
             "model.lora.target_modules=[q_proj, v_proj, down_proj, lm_head]",
             "train.deepspeed=configs/deepspeed/zero3_bf16.json"]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
