@@ -32,6 +32,9 @@ class TowerTags(nn.Module):
         self.names, self.groups = list(names), list(groups)
         self.name_count, self.group_count = min(name_count, len(names)), min(group_count, len(groups))
         self.name_groups, self.scale = name_groups, scale
+        # The names with a group and their group indices, fixed with the vocabulary (not rebuilt per batch).
+        self.grouped_names = [i for i, group in enumerate(name_groups or []) if group >= 0]
+        self.grouped_name_groups = torch.tensor([name_groups[i] for i in self.grouped_names], dtype=torch.long)
         # Filled by the builder (stage3_llm/tower.py) or a checkpoint's state dict.
         self.register_buffer("name_embeddings", torch.zeros(len(names), embed_dim))  # [V, D] unit rows
         self.register_buffer("group_embeddings", torch.zeros(len(groups), embed_dim))  # [G, D] unit rows
@@ -61,10 +64,8 @@ class TowerTags(nn.Module):
         """[B, D] -> [B, G]: P(group) through the names, or the similarity to each group's own embedding."""
         if not self.name_groups:
             return image_embeddings @ self.group_embeddings.T  # [B, G]
-        known = torch.tensor([i for i, group in enumerate(self.name_groups) if group >= 0])  # [V']
-        name_group = torch.tensor(self.name_groups)[known]  # [V']
-        return probabilities_from_names(image_embeddings, self.name_embeddings[known], name_group, len(self.groups),
-                                        self.scale)  # [B, G]
+        return probabilities_from_names(image_embeddings, self.name_embeddings[self.grouped_names],
+                                        self.grouped_name_groups, len(self.groups), self.scale)  # [B, G]
 
 
 def tag_line(names: list[str], groups: list[str]) -> str:
