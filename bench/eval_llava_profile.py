@@ -1,7 +1,7 @@
 """Where `mmtool eval-llava`'s time goes: one run under cProfile, its wall time split into the parts that matter.
 
     python bench/eval_llava_profile.py --model runs/pipeline/llava --data runs/pipeline/instruct/heldout_train.json \\
-        --per-task 30 --batch-size 16
+        --per-task 30 --batch-size 16 --precision fp32
 """
 import argparse
 import cProfile
@@ -26,9 +26,11 @@ def main() -> None:
     parser.add_argument("--per-task", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=24)
+    parser.add_argument("--precision", default="bf16", help="the LLM's when answering: bf16 or fp32")
     args = parser.parse_args()
 
-    options = EvalOptions(per_task=args.per_task, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    options = EvalOptions(per_task=args.per_task, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          precision=args.precision)
     profile = cProfile.Profile()
     start = time.perf_counter()
     profile.runcall(run_eval, Path(args.model), Path(args.data), None, options)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mmtool.cli_options import (PIPELINE, RUNS, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
-                                PipelineSetOption, PrintConfigOption, SetOption, WorkflowGroup, config_option,
+                                PipelineSetOption, PrecisionOption, PrintConfigOption, SetOption, WorkflowGroup, config_option,
                                 load_or_print, one_of, quiet_deepspeed, required, version)
 from mmtool.data_cli import add_data_commands, print_skips
 from mmtool.errors import MmtoolError
@@ -166,6 +166,7 @@ def eval_llava(
                                                               "record")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--out-json", help="Also write scores and answers here (JSON)")]
     = None,
+    precision: PrecisionOption = "bf16",
     vision: Annotated[Optional[Path], typer.Option("--vision", hidden=True)] = None,  # before --clip
     any_vision: Annotated[bool, typer.Option("--any-vision", hidden=True)] = False,  # before --any-clip
     old_json: OldJsonPath = None,
@@ -179,7 +180,8 @@ def eval_llava(
     json_out = one_of(json_out, old_json, "--out-json")
     options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, blind=parse_blind(blind), tower=tower,
-                          vision=one_of(clip, vision, "--clip"), any_vision=any_clip or any_vision)
+                          vision=one_of(clip, vision, "--clip"), any_vision=any_clip or any_vision,
+                          precision=precision)
     report = run_eval(model, data, image_folder, options)
     print(report["table"])
     if json_out:
@@ -195,12 +197,14 @@ def chat(
     llm: Annotated[Optional[str], typer.Option(help="Load the LLM from here instead of the recorded --llm")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
+    precision: PrecisionOption = "bf16",
 ):
     """Answer a question about an image, streaming the answer."""
     from mmtool.data.reading.images import BadSample, load_image
-    from stage3_llm.checkpoint import load_finetuned
+    from stage3_llm.checkpoint import llm_dtype, load_finetuned, ready_to_answer
     from stage3_llm.generate import generate
 
+    llm_dtype(precision)
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
     try:
@@ -208,6 +212,7 @@ def chat(
     except BadSample as err:
         raise MmtoolError(f"--image {image}: {err}") from None
     bundle = load_finetuned(model, llm)
+    ready_to_answer(bundle, precision)
     generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
              bundle.num_image_tokens, max_new_tokens, temperature,
              on_text=lambda text: print(text, end="", flush=True))

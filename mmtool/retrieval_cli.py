@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mmtool.cli_options import EXPORT, SEARCH, JsonSwitch, one_of, required
+from mmtool.cli_options import EXPORT, SEARCH, JsonSwitch, PrecisionOption, one_of, required
 from mmtool.errors import MmtoolError
 
 FormatOption = Annotated[str, typer.Option("--format", help="hf | onnx | safetensors")]
@@ -179,18 +179,21 @@ def ask(
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (answer, image used, candidates)")] = False,
+    precision: PrecisionOption = "bf16",
 ):
     """Multimodal RAG: retrieve the image that best matches the question, answer about it (streamed), cite it."""
     from mmtool.index import ImageIndex
     from mmtool.index.ask import ask as answer_from_index
-    from stage3_llm.checkpoint import load_finetuned
+    from stage3_llm.checkpoint import llm_dtype, load_finetuned, ready_to_answer
 
     image_index = ImageIndex.open(index)
     if not model.exists():
         raise MmtoolError(f"--model {model}: not found")
+    llm_dtype(precision)
+    bundle = load_finetuned(model, llm)
+    ready_to_answer(bundle, precision)
     stream = None if as_json else (lambda text: print(text, end="", flush=True))
-    result = answer_from_index(image_index, load_finetuned(model, llm), question, k, max_new_tokens, temperature,
-                               on_text=stream)
+    result = answer_from_index(image_index, bundle, question, k, max_new_tokens, temperature, on_text=stream)
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return

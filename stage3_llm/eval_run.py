@@ -6,7 +6,7 @@ from pathlib import Path
 from mmtool.checkpoint import file_sha256, load_model
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.blind import BLIND_IMAGES
-from stage3_llm.checkpoint import load_finetuned, merged_llm
+from stage3_llm.checkpoint import llm_dtype, load_finetuned, ready_to_answer
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task
@@ -24,6 +24,10 @@ class EvalOptions:
     tower: bool = True
     vision: Path | None = None  # the tower's clip.pt instead of the recorded path
     any_vision: bool = False  # accept a vision file whose sha256 differs from the record
+    precision: str = "bf16"  # the LLM's, when answering (stage3_llm/checkpoint.py, LLM_PRECISIONS)
+
+    def __post_init__(self):
+        llm_dtype(self.precision)  # refused before anything loads
 
 
 def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOptions) -> dict:
@@ -35,7 +39,7 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     record = load_model(resolve_model_file(model), KIND)["config"]
     clip = load_tower(record, str(model), options.vision, options.any_vision) if options.tower else None
     bundle = load_finetuned(model)
-    bundle.model.llm = merged_llm(bundle)  # LoRA folded in: fewer matmuls per token (same logits to ~1e-5)
+    ready_to_answer(bundle, options.precision)
     results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
     add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,
                       str(data), options.blind)
@@ -45,7 +49,8 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     report = {"scores": scores, "answers": results,
               "settings": {"model": str(model), "data": str(data), "conversations_in_file": len(in_file),
                            "per_task": options.per_task, "seed": options.seed, "limit": options.limit,
-                           "max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size},
+                           "max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size,
+                           "precision": options.precision},
               "baselines": {"majority": "the share of the task's commonest reference (exact match)",
                             "blind": blind_description(options), "tower": None}}
     if clip is not None:

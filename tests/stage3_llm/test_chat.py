@@ -1,11 +1,14 @@
-"""Generation: mmtool's streamed greedy decoding equals a naive argmax loop, and `mmtool chat` prints it."""
+"""Generation: mmtool's streamed greedy decoding equals a naive argmax loop, and `mmtool chat` prints it; in bf16
+(chat's default) the LLM's logits stay within bf16 rounding of fp32's and the tower's inputs to it do not change."""
 import io
 
 import pytest
 import torch
 from PIL import Image
 
+from mmtool.errors import MmtoolError
 from stage2_projector.checkpoint import load_vlm
+from stage3_llm.checkpoint import ready_to_answer
 from stage3_llm.generate import generate, prompt_ids
 from tests.stage1_clip.test_train_e2e import mmtool
 from tests.helpers.tiny_vlm import save_tiny_vlm
@@ -37,7 +40,43 @@ def test_streamed_greedy_generation_equals_a_naive_loop_and_the_cli(tmp_path):
     assert "".join(streamed) == answer
 
     printed = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--max-new-tokens", "12",
-                     question).stdout
+                     "--precision", "fp32", question).stdout
     assert printed == answer + "\n"
+
+    ready_to_answer(bundle, "bf16")
+    bf16_tokens = generate(bundle.model, bundle.tokenizer, image, question, n, max_new_tokens=12)
+    printed = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--max-new-tokens", "12",
+                     question).stdout
+    assert printed == bundle.tokenizer.decode(bf16_tokens, skip_special_tokens=True) + "\n"
+    refused = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--precision", "fp8", question,
+                     check=False)
+    assert refused.returncode == 2 and "--precision 'fp8': one of bf16, fp32" in refused.stderr
     missing = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", tmp_path / "nope.png", question, check=False)
     assert missing.returncode == 2 and "nope.png: file not found" in missing.stderr
+
+
+def test_bf16_answering_keeps_the_tower_in_fp32_and_the_logits_within_bf16_rounding(tmp_path):
+    bundle = load_vlm(save_tiny_vlm(tmp_path))
+    image = bundle.preprocess(_png((30, 160, 60)))
+    ids = torch.tensor([prompt_ids(bundle.tokenizer, "What is shown?", bundle.num_image_tokens)])  # [1, T]
+    with torch.no_grad():
+        reference = bundle.model(ids, torch.ones_like(ids), image[None])["logits"][0].double()  # [T, V]
+        image_tokens = bundle.model.encode_images(image[None])  # [1, N, D]
+        ready_to_answer(bundle, "bf16")
+        logits = bundle.model(ids, torch.ones_like(ids), image[None])["logits"][0].double()  # [T, V]
+        assert torch.equal(bundle.model.encode_images(image[None]), image_tokens)  # tower and projector: fp32
+    assert next(bundle.model.llm.parameters()).dtype == torch.bfloat16
+    assert next(bundle.model.vision.parameters()).dtype == torch.float32
+    # bf16 keeps 8 mantissa bits: each matmul's relative error is about 2^-8; through the tiny LLM's layers the
+    # logits move by a few percent of their spread, far from fp32's agreement (1e-5) and far from random.
+    spread = reference.std()
+    assert (logits - reference).abs().max() < 0.1 * spread
+    assert (logits - reference).abs().max() > 1e-6 * spread  # the cast did happen
+    with pytest.raises(MmtoolError, match="--precision 'fp16': one of bf16, fp32"):
+        ready_to_answer(bundle, "fp16")
+
+
+def _png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 36), colour).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -172,6 +172,7 @@ def test_the_command_prints_the_table_and_writes_the_report(setup, tmp_path):
     assert {"n", "exact_match", "contains_answer", "exact_match_ci", "majority", "blind_blank", "blind_shuffled",
             "tower"} <= set(group)
     assert len(report["answers"]) == 20 and report["baselines"]["tower"]["matches_record"] is True
+    assert report["settings"]["precision"] == "bf16"  # the LLM answers as it trained
     assert "group" in headline(out) and "tower" in headline(out)
 
     other = save_tiny_clip(tmp_path / "other.pt", seed=1)

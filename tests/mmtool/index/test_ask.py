@@ -45,7 +45,7 @@ def test_ask_answers_about_the_top_hit_and_cites_it(tmp_path):
     assert result["answer"] != greedy_answer(bundle, second, question)  # the answer does depend on the image
 
     printed = CliRunner().invoke(app, ["ask", str(tmp_path / "index"), question, "--model", str(tmp_path / "vlm.pt"),
-                                       "--max-new-tokens", "8", "-k", "2"])
+                                       "--max-new-tokens", "8", "-k", "2", "--precision", "fp32"])
     assert printed.exit_code == 0, printed.output
     assert printed.stdout.startswith(result["answer"] + "\nimage: " + top.path)
     assert expected_hits[1].path in printed.stdout
@@ -53,7 +53,7 @@ def test_ask_answers_about_the_top_hit_and_cites_it(tmp_path):
     thumb_bytes = (tmp_path / "index" / "thumbs" / f"{top.sha256}.jpg").read_bytes()
     (images / top.path.rsplit("/", 1)[1]).unlink()
     as_json = CliRunner().invoke(app, ["ask", str(tmp_path / "index"), question, "--model", str(tmp_path / "vlm.pt"),
-                                       "--max-new-tokens", "8", "--json"])
+                                       "--max-new-tokens", "8", "--json", "--precision", "fp32"])
     from_thumb = json.loads(as_json.stdout)
     assert from_thumb["image"]["image_source"] == "thumbnail" and from_thumb["image"]["path"] == top.path
     assert from_thumb["answer"] == greedy_answer(bundle, thumb_bytes, question)
