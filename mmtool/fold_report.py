@@ -12,6 +12,8 @@ from mmtool.errors import MmtoolError
 SPLITS = {"heldout_train": "training concepts", "heldout_val": "new concepts"}  # of the held-out style
 METRICS = {"image_to_text_R@1": "i2t R@1", "image_to_text_R@5": "i2t R@5", "text_to_image_R@1": "t2i R@1",
            "zero_shot_group_acc": "group acc"}
+# Reported when every fold has it (eval-clip writes it since 2026-11-30): the group read through its names' captions.
+OPTIONAL_METRICS = {"zero_shot_group_from_names_acc": "names acc"}
 
 Scores = dict[str, dict[str, float]]  # {split: {metric: value}}
 
@@ -28,18 +30,26 @@ def read_scores(run: Path) -> Scores:
         missing = [metric for metric in METRICS if metric not in figures]
         if missing:
             raise MmtoolError(f"{path}: no {missing[0]} (evaluate with group labels: data.label_fields)")
-        scores[split] = {metric: figures[metric] for metric in METRICS}
+        scores[split] = {metric: figures[metric] for metric in (*METRICS, *OPTIONAL_METRICS) if metric in figures}
     return scores
+
+
+def metrics_of(runs: dict[str, Scores]) -> dict[str, str]:
+    """The figures every run has, with their labels: METRICS, and each optional one no run lacks."""
+    present = {metric: label for metric, label in OPTIONAL_METRICS.items()
+               if all(metric in scores[split] for scores in runs.values() for split in SPLITS)}
+    return {**METRICS, **present}
 
 
 def mean_and_worst(folds: dict[str, Scores]) -> dict:
     """The mean over the folds, and per figure the lowest fold ({"value", "fold"})."""
+    metrics = metrics_of(folds)
     mean = {split: {metric: statistics.fmean(scores[split][metric] for scores in folds.values())
-                    for metric in METRICS} for split in SPLITS}
+                    for metric in metrics} for split in SPLITS}
     worst = {}
     for split in SPLITS:
         worst[split] = {}
-        for metric in METRICS:
+        for metric in metrics:
             fold = min(folds, key=lambda name: folds[name][split][metric])
             worst[split][metric] = {"value": folds[fold][split][metric], "fold": fold}
     return {"mean": mean, "worst": worst}
@@ -62,7 +72,7 @@ def spread(runs: dict[int, Scores]) -> dict:
     result = {}
     for split in SPLITS:
         result[split] = {}
-        for metric in METRICS:
+        for metric in metrics_of(runs):
             values = [scores[split][metric] for scores in runs.values()]
             result[split][metric] = {"mean": statistics.fmean(values), "std": statistics.stdev(values),
                                      "min": min(values), "max": max(values)}
@@ -71,29 +81,30 @@ def spread(runs: dict[int, Scores]) -> dict:
 
 def format_report(report: dict) -> str:
     """folds.json as tables in %: one per split with a row per fold, the mean and the worst (each followed by the
-    baseline's, if any); then the spread."""
+    baseline's, if any, "-" where it lacks a figure); then the spread."""
+    metrics = metrics_of(report["folds"])
     lines = [f"CLIP {report['config']}, each style held out in turn; figures in %"]
     baseline = report.get("baseline")
     beside = f"  {Path(baseline['config']).stem}" if baseline else ""
     width = max(len(name) for name in [*report["folds"], "worst", beside]) + 2
-    header = f"{'':<{width}}" + "".join(f"{label:>11}" for label in METRICS.values())
+    header = f"{'':<{width}}" + "".join(f"{label:>11}" for label in metrics.values())
     for split, meaning in SPLITS.items():
         lines += ["", f"held-out style, {meaning} ({split})", header]
         for fold, scores in report["folds"].items():
-            lines.append(_row(fold, width, scores[split]))
-            lines += [_row(beside, width, baseline["folds"][fold][split])] if baseline else []
-        lines.append(_row("mean", width, report["mean"][split]))
-        lines += [_row(beside, width, baseline["mean"][split])] if baseline else []
+            lines.append(_row(fold, width, scores[split], metrics))
+            lines += [_row(beside, width, baseline["folds"][fold][split], metrics)] if baseline else []
+        lines.append(_row("mean", width, report["mean"][split], metrics))
+        lines += [_row(beside, width, baseline["mean"][split], metrics)] if baseline else []
         worst = report["worst"][split]
-        lines.append(_row("worst", width, _values(worst)))
-        lines += [_row(beside, width, _values(baseline["worst"][split]))] if baseline else []
-        lines.append("worst fold: " + ", ".join(f"{label} {worst[m]['fold']}" for m, label in METRICS.items()))
+        lines.append(_row("worst", width, _values(worst), metrics))
+        lines += [_row(beside, width, _values(baseline["worst"][split]), metrics)] if baseline else []
+        lines.append("worst fold: " + ", ".join(f"{label} {worst[m]['fold']}" for m, label in metrics.items()))
     if "seeds" in report:
         seeds = report["seeds"]
         lines += ["", f"seed spread on {seeds['fold']} (seeds {', '.join(map(str, seeds['runs']))}): "
                       "mean ± std (min-max); a difference within it is not a gain"]
         for split in SPLITS:
-            for metric, label in METRICS.items():
+            for metric, label in metrics_of(seeds["runs"]).items():
                 s = {key: 100 * value for key, value in seeds["spread"][split][metric].items()}
                 lines.append(f"  {split:<14} {label:<10} {s['mean']:5.1f} ± {s['std']:.1f} "
                              f"({s['min']:.1f}-{s['max']:.1f})")
@@ -101,8 +112,9 @@ def format_report(report: dict) -> str:
 
 
 def _values(worst: dict) -> dict[str, float]:
-    return {metric: worst[metric]["value"] for metric in METRICS}
+    return {metric: entry["value"] for metric, entry in worst.items()}
 
 
-def _row(name: str, width: int, figures: dict[str, float]) -> str:
-    return f"{name:<{width}}" + "".join(f"{100 * figures[metric]:>11.1f}" for metric in METRICS)
+def _row(name: str, width: int, figures: dict[str, float], metrics: dict[str, str]) -> str:
+    return f"{name:<{width}}" + "".join(f"{100 * figures[metric]:>11.1f}" if metric in figures else f"{'-':>11}"
+                                        for metric in metrics)

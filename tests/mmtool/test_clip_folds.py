@@ -14,7 +14,7 @@ from mmtool.clip_folds import FoldsSpec, parse_seeds, plan_folds, run_folds
 from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.errors import MmtoolError
-from mmtool.fold_report import METRICS, SPLITS, format_report
+from mmtool.fold_report import METRICS, OPTIONAL_METRICS, SPLITS, format_report
 from tests.helpers.emoji import png
 from tests.stage1_clip.test_train_e2e import clean_env
 
@@ -119,6 +119,32 @@ def test_a_baseline_recipe_is_shown_beside_every_fold_on_the_same_folds(tmp_path
                       shards=tmp_path / "folds", baseline=tmp_path / "probe" / "folds.json")
     with pytest.raises(MmtoolError, match="--baseline .*folds.json: has no fluent-flat fold"):
         run_folds(other, runner=fake_mmtool([], planted))
+
+
+def test_the_group_through_names_is_reported_when_every_fold_has_it(tmp_path):
+    names = next(iter(OPTIONAL_METRICS))
+
+    def with_names(run: str, split: str) -> dict:
+        return {**planted(run, split), names: {"noto": 0.7, "twemoji": 0.5}[run] + (split == "heldout_val") * 0.01}
+
+    old = FoldsSpec(ROOT / "configs/clip/tiny_vit.yaml", tmp_path / "old", ["noto", "twemoji"],
+                    shards=tmp_path / "folds")
+    assert names not in run_folds(old, runner=fake_mmtool([], planted))["mean"]["heldout_train"]
+    spec = FoldsSpec(ROOT / "configs/clip/tiny_vit.yaml", tmp_path / "run", ["noto", "twemoji"],
+                     shards=tmp_path / "folds", baseline=tmp_path / "old" / "folds.json")
+    report = run_folds(spec, runner=fake_mmtool([], with_names))
+    assert report["mean"]["heldout_val"][names] == pytest.approx(0.61)
+    assert report["worst"]["heldout_train"][names] == {"value": 0.5, "fold": "twemoji"}
+    table = format_report(report).splitlines()
+    assert table[table.index(next(line for line in table if line.startswith("mean")))].split()[-1] == "60.0"
+    assert table[table.index(next(line for line in table if line.startswith("mean"))) + 1].split()[-1] == "-"
+
+    mixed = FoldsSpec(ROOT / "configs/clip/tiny_vit.yaml", tmp_path / "mixed", ["noto", "twemoji"],
+                      shards=tmp_path / "folds")
+    one_fold_lacks = run_folds(mixed, runner=fake_mmtool([], lambda run, split: (
+        with_names if run == "noto" else planted)(run, split)))
+    assert names not in one_fold_lacks["mean"]["heldout_train"]
+    assert "names acc" not in format_report(one_fold_lacks)
 
 
 def test_every_planned_step_parses_and_trains_on_its_own_fold(tmp_path):
