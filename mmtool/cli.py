@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from mmtool.cli_options import (PIPELINE, RUNS, STAGE1, STAGE2, STAGE3, EXPORT, OldJsonPath, OutJsonOption,
-                                PipelineSetOption, PrecisionOption, PrintConfigOption, SetOption, WorkflowGroup, config_option,
-                                load_or_print, one_of, quiet_deepspeed, required, version)
+                                PipelineSetOption, PrecisionOption, PrintConfigOption, SetOption, WorkflowGroup,
+                                config_option, load_or_print, one_of, quiet_deepspeed, required, version)
 from mmtool.data_cli import add_data_commands, print_skips
 from mmtool.errors import MmtoolError
 from mmtool.retrieval_cli import ClipOption, OldCheckpointArgument, PushOption, add_retrieval_commands, push_if_asked
@@ -201,10 +201,11 @@ def chat(
 ):
     """Answer a question about an image, streaming the answer."""
     from mmtool.data.reading.images import BadSample, load_image
-    from stage3_llm.checkpoint import llm_dtype, load_finetuned, ready_to_answer
+    from mmtool.precision import dtype_of
+    from stage3_llm.checkpoint import load_finetuned, ready_to_answer
     from stage3_llm.generate import generate
 
-    llm_dtype(precision)
+    dtype_of(precision)
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
     try:

@@ -184,12 +184,13 @@ def ask(
     """Multimodal RAG: retrieve the image that best matches the question, answer about it (streamed), cite it."""
     from mmtool.index import ImageIndex
     from mmtool.index.ask import ask as answer_from_index
-    from stage3_llm.checkpoint import llm_dtype, load_finetuned, ready_to_answer
+    from mmtool.precision import dtype_of
+    from stage3_llm.checkpoint import load_finetuned, ready_to_answer
 
     image_index = ImageIndex.open(index)
     if not model.exists():
         raise MmtoolError(f"--model {model}: not found")
-    llm_dtype(precision)
+    dtype_of(precision)
     bundle = load_finetuned(model, llm)
     ready_to_answer(bundle, precision)
     stream = None if as_json else (lambda text: print(text, end="", flush=True))

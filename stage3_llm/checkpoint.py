@@ -16,6 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from mmtool.checkpoint import file_sha256, save_model
 from mmtool.errors import MmtoolError
+from mmtool.precision import dtype_of
 from stage2_projector.checkpoint import KIND, SAVED_PREFIXES, VlmBundle, load_vlm, resolve_model_file
 from stage3_llm.config import LoraSettings
 
@@ -50,21 +51,10 @@ def merged_llm(bundle: VlmBundle):
     return llm.merge_and_unload() if isinstance(llm, PeftModel) else llm
 
 
-# The LLM's precision when answering: bf16 is what stage 3 trains its matmuls in (configs/deepspeed/*_bf16.json) and
-# runs the 135M LLM's prefill 2x faster than fp32 on CPUs with bf16 instructions (avx512_bf16, AMX; bench/RESULTS.md).
-LLM_PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
 def ready_to_answer(bundle: VlmBundle, precision: str = "bf16") -> None:
-    """LoRA folded into the LLM (fewer matmuls per token) and the LLM cast to `precision`. The tower, projector and
-    tower tags stay float32: the image tokens and tag lines are the same at either precision."""
-    bundle.model.llm = merged_llm(bundle).to(llm_dtype(precision))
-
-
-def llm_dtype(precision: str) -> torch.dtype:
-    if precision not in LLM_PRECISIONS:
-        raise MmtoolError(f"--precision {precision!r}: one of {', '.join(LLM_PRECISIONS)}")
-    return LLM_PRECISIONS[precision]
+    """LoRA folded into the LLM (fewer matmuls per token) and the LLM cast to `precision` (mmtool/precision.py). The
+    tower, projector and tower tags stay float32: the image tokens and tag lines are the same at either precision."""
+    bundle.model.llm = merged_llm(bundle).to(dtype_of(precision))
 
 
 def save_finetuned(out: Path, record: dict, state_dict: dict[str, torch.Tensor], llm, lora: bool) -> None:

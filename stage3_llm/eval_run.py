@@ -4,9 +4,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtool.checkpoint import file_sha256, load_model
+from mmtool.precision import dtype_of
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.blind import BLIND_IMAGES
-from stage3_llm.checkpoint import llm_dtype, load_finetuned, ready_to_answer
+from stage3_llm.checkpoint import load_finetuned, ready_to_answer
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task
@@ -24,10 +25,10 @@ class EvalOptions:
     tower: bool = True
     vision: Path | None = None  # the tower's clip.pt instead of the recorded path
     any_vision: bool = False  # accept a vision file whose sha256 differs from the record
-    precision: str = "bf16"  # the LLM's, when answering (stage3_llm/checkpoint.py, LLM_PRECISIONS)
+    precision: str = "bf16"  # the LLM's, when answering (mmtool/precision.py)
 
     def __post_init__(self):
-        llm_dtype(self.precision)  # refused before anything loads
+        dtype_of(self.precision)  # refused before anything loads
 
 
 def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOptions) -> dict:
