@@ -65,7 +65,7 @@ OutJsonOption = Annotated[Optional[Path], typer.Option("--out-json", help="Also 
 OldJsonPath = Annotated[Optional[Path], typer.Option("--json", hidden=True)]  # before --out-json
 PrecisionOption = Annotated[str, typer.Option(
     help="The LLM's precision when answering: bf16 (as stage 3 trains; about 2x faster on CPUs with bf16 "
-         "instructions) or fp32")]
+         "instructions, slower on CPUs without them) or fp32")]
 JsonSwitch = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
 

@@ -101,7 +101,16 @@ def probabilities_from_names(image_emb: torch.Tensor, name_emb: torch.Tensor, na
     poorly described by a prompt, but its members' names are what the model was trained on (CHiLS, Novack et al.
     2023, classifies through subclass names the same way)."""
     name_probs = (scale * image_emb @ name_emb.T).softmax(dim=1)  # [N, V]
-    return torch.zeros(len(image_emb), classes, dtype=name_probs.dtype).index_add_(1, name_class, name_probs)
+    return torch.zeros(len(image_emb), classes, dtype=name_probs.dtype, device=name_probs.device).index_add_(
+        1, name_class.to(name_probs.device), name_probs)
+
+
+def commonest_labels(pairs) -> dict[str, str]:
+    """{item: its commonest label} over (item, label) pairs; a tie goes to the label seen first."""
+    votes = defaultdict(Counter)
+    for item, label in pairs:
+        votes[item][label] += 1
+    return {item: labels.most_common(1)[0][0] for item, labels in votes.items()}
 
 
 def accuracy_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], labels: list[str],
@@ -109,12 +118,11 @@ def accuracy_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, caption
     """Zero-shot accuracy through the set's own captions: each distinct caption counts for the label it carries
     (the commonest when several), as the i->t retrieval candidates do."""
     classes = sorted(set(labels))
-    first, votes = {}, defaultdict(Counter)
-    for index, (caption, label) in enumerate(zip(captions, labels)):
+    first = {}
+    for index, caption in enumerate(captions):
         first.setdefault(caption, index)
-        votes[caption][label] += 1
-    names = list(first)
-    name_class = torch.tensor([classes.index(votes[name].most_common(1)[0][0]) for name in names])  # [V]
+    names, label_of = list(first), commonest_labels(zip(captions, labels))
+    name_class = torch.tensor([classes.index(label_of[name]) for name in names])  # [V]
     probs = probabilities_from_names(image_emb, text_emb[[first[name] for name in names]], name_class, len(classes),
                                      scale)  # [N, C]
     target = torch.tensor([classes.index(label) for label in labels])
@@ -135,7 +143,8 @@ def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_s
         metrics.update(within_group_recall(image_emb, text_emb, eval_set["caption"], labels, field))
     scale = model.temperature_scale().item()
     for field, labels in eval_set["labels"].items():
-        metrics[f"zero_shot_{field}_acc"] = zero_shot_accuracy(model, tokenize, image_emb, labels, templates, batch_size)
+        metrics[f"zero_shot_{field}_acc"] = zero_shot_accuracy(model, tokenize, image_emb, labels, templates,
+                                                               batch_size)
         metrics[f"zero_shot_{field}_from_names_acc"] = accuracy_from_names(image_emb, text_emb, eval_set["caption"],
                                                                            labels, scale)
         metrics[f"zero_shot_{field}_classes"] = len(set(labels))

@@ -12,8 +12,8 @@ A pre-norm transformer layer over T tokens of width D with MLP hidden M = mlp_ra
     MLP                2 * T * D * M * 2
   = 8 T D^2 + 4 T D M + 4 T^2 D                      (= 24 T D^2 + 4 T^2 D for mlp_ratio 4)
 Image tower (ViT, N = (image_size / patch)^2 patches, T = N + 1 with the class token):
-    patch embedding    2 * N * (3 p^2) * D,  layers as above,  projection 2 * D * E
-Text tower (T = context_length): layers as above, projection 2 * D * E (the token lookup is free).
+    patch embedding    2 * N * (3 p^2) * D,  layers as above,  projection 2 * D * E (+ 2 * D * D for an mlp head)
+Text tower (T = context_length): layers as above, projection as the image tower's (the token lookup is free).
 Loss on a batch of B: image->text and text->image logits, 2 * (2 * B * B * E).
 Training = forward + backward; the backward of a product costs two products (input and weight gradients), except
 the patch embedding, whose input (the pixels) needs no gradient: train = 3 * forward - patch embedding.

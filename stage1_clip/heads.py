@@ -24,5 +24,7 @@ def projection_head(kind: str, width: int, embed_dim: int) -> nn.Module:
 
 def head_flops(kind: str, width: int, embed_dim: int) -> int:
     """Forward FLOPs of a `kind` head for one input."""
+    if kind not in HEADS:
+        raise MmtoolError(f"model.head: unknown head {kind!r} (known: {', '.join(HEADS)})")
     hidden = 2 * width * width if kind == "mlp" else 0
     return hidden + 2 * width * embed_dim

@@ -3,8 +3,9 @@
 Key: sha256 of the preprocessed image tensor, the exact input of the tower, so the decoder, resize, crop and
 normalisation are part of the key and a random augmentation can never be served a stale view. Namespace: the
 tower's weights (sha256 of its state dict as trained, not of a file that may hold other weights), type, feature
-layer, token grid, image size and the engine's precision setting (bf16 autocast gives other features than float32). A changed
-tower, layer, resolution or precision reads and writes another folder, so it never sees the old entries.
+layer, token grid, image size and the engine's precision setting (bf16 autocast gives other features than
+float32). A changed tower, layer, grid, resolution or precision reads and writes another folder, so it never sees
+the old entries.
 
 Where: beside the training data (`<data folder>/feature_cache/<namespace>/`), so every run on the same tower and
 images shares it (a sweep of stage-2/3 recipes on one CLIP computes each image's features once), not only the

@@ -67,6 +67,10 @@ class PatchFeatures(nn.Module):
             grid_map = maps[self.layer]  # [B, C, h, w]
             pooled = maps[-1].mean(dim=(2, 3))  # [B, 1280]: the tower's own output (global average pool)
         if self.grid is not None:
+            if self.grid > min(grid_map.shape[-2:]):
+                raise MmtoolError(f"model.token_grid {self.grid}: larger than layer {self.layer}'s "
+                                  f"{grid_map.shape[-2]}x{grid_map.shape[-1]} map at this image size (pooling would "
+                                  "repeat tokens); use at most the map's side or a larger model.vision.image_size")
             grid_map = F.adaptive_avg_pool2d(grid_map, self.grid)  # [B, C, g, g]
         patches = grid_map.flatten(2).transpose(1, 2)  # [B, h*w or g*g, C]
         if self.embedding is None:

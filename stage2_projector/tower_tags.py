@@ -9,7 +9,8 @@ Groups are ranked through the names when the training data pairs names with grou
 score is the softmax mass of its names at the CLIP's own logit scale (stage1_clip/evaluate.py,
 probabilities_from_names). An "emoji group" prompt is far from anything CLIP was trained on, its members' names are
 not: on held-out Twemoji drawings the tower's top group was right for 27% by prompts and 77% through the names
-(40% and 52% averaged over the groups; docs/stage23_results.md). Without pairs, groups are ranked by their prompt ensembles.
+(40% and 52% averaged over the groups; docs/stage23_results.md). Without pairs, groups are ranked by their prompt
+ensembles.
 
 The vocabulary (names and groups) and its CLIP text embeddings are fixed when stage 3 starts and saved with the
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
@@ -34,7 +35,8 @@ class TowerTags(nn.Module):
         self.name_groups, self.scale = name_groups, scale
         # The names with a group and their group indices, fixed with the vocabulary (not rebuilt per batch).
         self.grouped_names = [i for i, group in enumerate(name_groups or []) if group >= 0]
-        self.grouped_name_groups = torch.tensor([name_groups[i] for i in self.grouped_names], dtype=torch.long)
+        self.register_buffer("grouped_name_groups", torch.tensor([name_groups[i] for i in self.grouped_names],
+                                                                 dtype=torch.long), persistent=False)
         # Filled by the builder (stage3_llm/tower.py) or a checkpoint's state dict.
         self.register_buffer("name_embeddings", torch.zeros(len(names), embed_dim))  # [V, D] unit rows
         self.register_buffer("group_embeddings", torch.zeros(len(groups), embed_dim))  # [G, D] unit rows
@@ -52,13 +54,13 @@ class TowerTags(nn.Module):
 
     @torch.no_grad()
     def lines(self, image_embeddings: torch.Tensor) -> list[str]:
-        """[B, D] unit image embeddings -> one tag line per image: nearest names, then nearest groups, best first."""
+        """[B, D] unit image embeddings -> one tag line per image: nearest names, then the best-scoring groups
+        (group_scores), best first."""
         image_embeddings = image_embeddings.to(self.name_embeddings.dtype)
         names = (image_embeddings @ self.name_embeddings.T).topk(self.name_count, dim=1).indices  # [B, k]
         groups = self.group_scores(image_embeddings).topk(self.group_count, dim=1).indices  # [B, g]
         return [tag_line([self.names[i] for i in name_row.tolist()], [self.groups[i] for i in group_row.tolist()])
                 for name_row, group_row in zip(names, groups)]
-
 
     def group_scores(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """[B, D] -> [B, G]: P(group) through the names, or the similarity to each group's own embedding."""

@@ -17,7 +17,7 @@ all the file's conversations, not only the sampled ones):
 Other questions (describe) have no tower answer.
 """
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
 from mmtool.data.reading.images import eval_transform, load_image
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import ClipBundle, load_clip
-from stage1_clip.evaluate import embed_images, embed_texts
+from stage1_clip.evaluate import commonest_labels, embed_images, embed_texts
 from stage2_projector.llm import IMAGE_TOKEN
 from stage2_projector.tower_tags import TowerTags
 from stage3_llm.conversations import Conversation, ImageSource
@@ -64,6 +64,8 @@ def candidates(conversations: list[Conversation]) -> dict[str, list[str]]:
     """{"name": [...], "group": [...]}: every name and group the file's questions ask about or answer with."""
     found = {"name": set(), "group": set()}
     for conversation in conversations:
+        if conversation.image is None:
+            continue
         turns = conversation.turns
         for question, answer in zip(turns[0::2], turns[1::2]):
             parsed = parse_question(question["content"])
@@ -77,17 +79,16 @@ def name_group_pairs(conversations: list[Conversation]) -> dict[str, str]:
     a name seen with several groups keeps its commonest."""
     per_image = defaultdict(lambda: {"name": set(), "group": set()})
     for conversation in conversations:
+        if conversation.image is None:
+            continue
         turns = conversation.turns
         for question, answer in zip(turns[0::2], turns[1::2]):
             parsed = parse_question(question["content"])
             if parsed is None or (parsed.premise is not None and answer["content"] != "Yes."):
                 continue
             per_image[conversation.image][parsed.kind].add(parsed.premise or answer["content"])
-    votes = defaultdict(Counter)
-    for found in per_image.values():
-        if len(found["name"]) == 1 and len(found["group"]) == 1:
-            votes[next(iter(found["name"]))][next(iter(found["group"]))] += 1
-    return {name: groups.most_common(1)[0][0] for name, groups in votes.items()}
+    return commonest_labels((next(iter(found["name"])), next(iter(found["group"])))
+                            for found in per_image.values() if len(found["name"]) == 1 and len(found["group"]) == 1)
 
 
 def group_indices(names: list[str], groups: list[str], pairs: dict[str, str]) -> list[int] | None:

@@ -73,6 +73,9 @@ def test_token_grid_averages_blocks_of_the_feature_map(tmp_path, vision_type, si
     with pytest.raises(MmtoolError, match="model.token_grid 0"):
         build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), image_size=size, token_grid=0)), clip_path,
                   llm=full.llm)
+    with pytest.raises(MmtoolError, match="model.token_grid 5: larger than layer .*'s 4x4 map"):
+        build_vlm(AlignConfig(model=ModelConfig(vision=str(clip_path), image_size=size, token_grid=5)), clip_path,
+                  llm=full.llm)
 
 
 def test_a_vit_tower_keeps_its_trained_size(tmp_path):

@@ -109,6 +109,11 @@ def naive_tower_answer(clip, image_bytes: bytes, question: str, names: list[str]
     scale = clip.model.temperature_scale().item()
 
     def by_group():
+        if not pairs:  # no name-group pairs: each group's prompt ensemble, as eval-clip
+            def prompts(group):
+                return [template.format(group) for template in clip.config.eval.templates]
+            return nearest(groups, prompts)
+
         def mass(group):
             return sum(math.exp(scale * float(image_emb @ text([NAME_TEMPLATE.format(name)])))
                        for name in names if pairs[name] == group)
@@ -139,6 +144,9 @@ def test_tower_answers_equal_a_naive_clip_computation(setup):
     expected = [naive_tower_answer(clip, source.read(c.image), q, choices["name"], choices["group"], pairs)
                 for c, q in zip(conversations, questions)]
     assert answers == expected
+    by_prompts = tower_answers(clip, questions, [c.image for c in conversations], source, choices, {})
+    assert by_prompts == [naive_tower_answer(clip, source.read(c.image), q, choices["name"], choices["group"], {})
+                          for c, q in zip(conversations, questions)]
     assert {a for a, c in zip(answers, conversations) if c.extra["task"] == "describe"} == {None}
     assert {a for a, c in zip(answers, conversations) if c.extra["task"] == "yesno"} <= {"Yes.", "No."}
     assert len({a for a, c in zip(answers, conversations) if c.extra["task"] == "what"}) > 1
