@@ -64,8 +64,8 @@ PrintConfigOption = Annotated[bool, typer.Option("--print-config", help="Print t
 OutJsonOption = Annotated[Optional[Path], typer.Option("--out-json", help="Also write the results here (JSON)")]
 OldJsonPath = Annotated[Optional[Path], typer.Option("--json", hidden=True)]  # before --out-json
 PrecisionOption = Annotated[str, typer.Option(
-    help="The LLM's precision when answering: bf16 (as stage 3 trains; about 2x faster on CPUs with bf16 "
-         "instructions, slower on CPUs without them) or fp32")]
+    help="The LLM's precision when answering: bf16 (as stage 3 trains; faster on CPUs with bf16 instructions, "
+         "slower on CPUs without them) or fp32")]
 JsonSwitch = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 
 

@@ -1,6 +1,6 @@
 """The precision a loaded model runs in when it only evaluates or answers (training takes its precision from the
-DeepSpeed config). bf16 is what the bf16 configs train the matmuls in, and runs about 2x faster than fp32 on CPUs
-with bf16 instructions (avx512_bf16, AMX: bench/RESULTS.md); fp32 reproduces figures computed before it."""
+DeepSpeed config). bf16 is what the bf16 configs train the matmuls in, and faster than fp32 on CPUs with bf16
+instructions (avx512_bf16, AMX: eval-llava 13% less wall time, bench/RESULTS.md); fp32 reproduces earlier figures."""
 import torch
 
 from mmtool.errors import MmtoolError
