@@ -201,19 +201,16 @@ def chat(
 ):
     """Answer a question about an image, streaming the answer."""
     from mmtool.data.reading.images import BadSample, load_image
-    from mmtool.precision import dtype_of
-    from stage3_llm.checkpoint import load_finetuned, ready_to_answer
+    from stage3_llm.checkpoint import load_for_answering
     from stage3_llm.generate import generate
 
-    dtype_of(precision)
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
     try:
         load_image(image.read_bytes())  # refused before the model loads
     except BadSample as err:
         raise MmtoolError(f"--image {image}: {err}") from None
-    bundle = load_finetuned(model, llm)
-    ready_to_answer(bundle, precision)
+    bundle = load_for_answering(model, llm, precision)
     generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
              bundle.num_image_tokens, max_new_tokens, temperature,
              on_text=lambda text: print(text, end="", flush=True))

@@ -184,15 +184,12 @@ def ask(
     """Multimodal RAG: retrieve the image that best matches the question, answer about it (streamed), cite it."""
     from mmtool.index import ImageIndex
     from mmtool.index.ask import ask as answer_from_index
-    from mmtool.precision import dtype_of
-    from stage3_llm.checkpoint import load_finetuned, ready_to_answer
+    from stage3_llm.checkpoint import load_for_answering
 
     image_index = ImageIndex.open(index)
     if not model.exists():
         raise MmtoolError(f"--model {model}: not found")
-    dtype_of(precision)
-    bundle = load_finetuned(model, llm)
-    ready_to_answer(bundle, precision)
+    bundle = load_for_answering(model, llm, precision)
     stream = None if as_json else (lambda text: print(text, end="", flush=True))
     result = answer_from_index(image_index, bundle, question, k, max_new_tokens, temperature, on_text=stream)
     if as_json:

@@ -51,6 +51,14 @@ def merged_llm(bundle: VlmBundle):
     return llm.merge_and_unload() if isinstance(llm, PeftModel) else llm
 
 
+def load_for_answering(path: str | Path, llm=None, precision: str = "bf16") -> VlmBundle:
+    """load_finetuned, ready_to_answer: a bad `precision` is refused before the (slow) load."""
+    dtype_of(precision)
+    bundle = load_finetuned(path, llm)
+    ready_to_answer(bundle, precision)
+    return bundle
+
+
 def ready_to_answer(bundle: VlmBundle, precision: str = "bf16") -> None:
     """LoRA folded into the LLM (fewer matmuls per token) and the LLM cast to `precision` (mmtool/precision.py). The
     tower, projector and tower tags stay float32: the image tokens and tag lines are the same at either precision."""

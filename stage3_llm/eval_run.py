@@ -7,7 +7,7 @@ from mmtool.checkpoint import file_sha256, load_model
 from mmtool.precision import dtype_of
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.blind import BLIND_IMAGES
-from stage3_llm.checkpoint import load_finetuned, ready_to_answer
+from stage3_llm.checkpoint import load_for_answering
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task
@@ -39,8 +39,7 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     # The tower is checked before the (slow) LLM loads, so a wrong --clip fails at once.
     record = load_model(resolve_model_file(model), KIND)["config"]
     clip = load_tower(record, str(model), options.vision, options.any_vision) if options.tower else None
-    bundle = load_finetuned(model)
-    ready_to_answer(bundle, options.precision)
+    bundle = load_for_answering(model, precision=options.precision)
     results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
     add_blind_answers(results, bundle, chosen, source, options.max_new_tokens, options.batch_size, options.seed,
                       str(data), options.blind)
