@@ -1,4 +1,4 @@
-"""A stage-1 run saved on some number of ranks resumes on another (2 -> 1 -> 3, 1 -> 2) under ZeRO-2 and ZeRO-3:
+"""A stage-1 run saved on some number of ranks resumes on another (2 -> 1, then 1 -> 3) under ZeRO-2 and ZeRO-3:
 the same global batch (accumulation adjusts), the optimizer state re-partitioned through DeepSpeed's universal
 checkpoint, and the epoch read on in its own order. Each step's loss and the final weights must equal those of the
 uninterrupted run (float32, so the bound is tight: a lost Adam moment or a sample read twice moves them by far
@@ -80,14 +80,3 @@ def test_two_ranks_resume_on_one_then_three(shard, tmp_path, zero):
     assert_same_weights(torch.load(three / "clip.pt", weights_only=True)["state_dict"],
                         torch.load(full / "clip.pt", weights_only=True)["state_dict"])
 
-
-@pytest.mark.parametrize("zero", [2, 3])
-def test_one_rank_resumes_on_two(shard, tmp_path, zero):
-    ds_config = deepspeed_config(tmp_path, zero)
-    full = tmp_path / "one"
-    run(shard, full, 1, ds_config)
-    two = rewind(full, tmp_path / "two", step=2)
-    run(shard, two, 2, ds_config, resume=True)
-    assert_continues(full, two, [3, 4])
-    assert_same_weights(torch.load(two / "clip.pt", weights_only=True)["state_dict"],
-                        torch.load(full / "clip.pt", weights_only=True)["state_dict"])
