@@ -54,8 +54,13 @@ class TokenizerConfig:
 class ModelConfig:
     embed_dim: int = 256
     head: str = "linear"  # linear | mlp: each tower's projection into the embedding (stage1_clip/heads.py)
+    text_head: str | None = None  # the text tower's, when it differs from `head`
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+
+    @property
+    def text_projection_head(self) -> str:
+        return self.head if self.text_head is None else self.text_head
 
 
 @dataclass

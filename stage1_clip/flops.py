@@ -50,7 +50,7 @@ def text_tower_flops(cfg: ModelConfig) -> int:
     if text.type != "transformer":
         raise ValueError(f"FLOP count covers the transformer text tower only, not {text.type!r}")
     layers = text.layers * transformer_layer_flops(text.context_length, text.width, text.mlp_ratio)
-    return layers + head_flops(cfg.head, text.width, cfg.embed_dim)
+    return layers + head_flops(cfg.text_projection_head, text.width, cfg.embed_dim)
 
 
 def loss_flops(cfg: ModelConfig, batch: int) -> int:

@@ -11,10 +11,10 @@ from mmtool.errors import MmtoolError
 HEADS = ("linear", "mlp")
 
 
-def projection_head(kind: str, width: int, embed_dim: int) -> nn.Module:
+def projection_head(kind: str, width: int, embed_dim: int, field: str = "model.head") -> nn.Module:
     """A `kind` head from `width` tower features to `embed_dim`; the last matrix starts at std width**-0.5."""
     if kind not in HEADS:
-        raise MmtoolError(f"model.head: unknown head {kind!r} (known: {', '.join(HEADS)})")
+        raise MmtoolError(f"{field}: unknown head {kind!r} (known: {', '.join(HEADS)})")
     output = nn.Linear(width, embed_dim, bias=False)
     nn.init.normal_(output.weight, std=width ** -0.5)
     if kind == "linear":

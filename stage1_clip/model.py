@@ -23,7 +23,9 @@ class CLIP(nn.Module):
             self.image_projection = nn.Identity()
         else:
             self.image_projection = projection_head(model_cfg.head, self.vision.output_width, model_cfg.embed_dim)
-        self.text_projection = projection_head(model_cfg.head, self.text.output_width, model_cfg.embed_dim)
+        text_field = "model.head" if model_cfg.text_head is None else "model.text_head"
+        self.text_projection = projection_head(model_cfg.text_projection_head, self.text.output_width,
+                                               model_cfg.embed_dim, text_field)
         # Shape (1,), not a 0-dim scalar: DeepSpeed 0.19.8 cannot flatten 0-dim parameters.
         self.logit_scale = nn.Parameter(torch.full((1,), loss_cfg.init_logit_scale))
         self.logit_bias = nn.Parameter(torch.full((1,), loss_cfg.init_logit_bias)) if loss_cfg.type == "siglip" else None

@@ -42,9 +42,10 @@ def _require(cfg, tower_type: str, where: str) -> None:
 
 
 def require_linear_head(model_cfg) -> None:
-    if model_cfg.head != "linear":
-        raise MmtoolError(f"model.head: a {model_cfg.head!r} head has no Hugging Face CLIP equivalent (only "
-                          f"'linear'); export it with --format safetensors")
+    for field, head in (("head", model_cfg.head), ("text_head", model_cfg.text_projection_head)):
+        if head != "linear":
+            raise MmtoolError(f"model.{field}: a {head!r} head has no Hugging Face CLIP equivalent (only "
+                              f"'linear'); export it with --format safetensors")
 
 
 def vision_config_to_hf(cfg: VisionConfig, projection_dim: int) -> CLIPVisionConfig:

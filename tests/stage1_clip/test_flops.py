@@ -18,6 +18,9 @@ CONFIGS = {
     "mlp_head": ModelConfig(embed_dim=8, head="mlp", vision=VisionConfig(image_size=16, patch_size=8, width=12,
                                                                          layers=1, heads=3),
                             text=TextConfig(context_length=6, width=10, layers=1, heads=2)),
+    "mlp_image_linear_text": ModelConfig(embed_dim=8, head="mlp", text_head="linear",
+                                         vision=VisionConfig(image_size=16, patch_size=8, width=12, layers=1, heads=3),
+                                         text=TextConfig(context_length=6, width=10, layers=1, heads=2)),
 }
 
 

@@ -34,6 +34,16 @@ def test_clip_with_mlp_heads_projects_both_towers():
     assert out["image_features"].shape == out["text_features"].shape == (2, 8)
 
 
+def test_text_head_overrides_the_head_on_the_text_tower_only():
+    cfg = ModelConfig(embed_dim=8, head="mlp", text_head="linear",
+                      vision=VisionConfig(image_size=16, patch_size=8, width=12, layers=1, heads=2), text=TINY_TEXT)
+    model = CLIP(cfg, LossConfig(), vocab_size=30)
+    assert isinstance(model.image_projection, torch.nn.Sequential)
+    assert isinstance(model.text_projection, torch.nn.Linear) and model.text_projection.weight.shape == (8, 16)
+    with pytest.raises(MmtoolError, match="model.text_head: unknown head 'deep'"):
+        CLIP(ModelConfig(embed_dim=8, text_head="deep", text=TINY_TEXT), LossConfig(), vocab_size=30)
+
+
 def test_unknown_head_and_an_mlp_on_the_resnet_are_refused():
     with pytest.raises(MmtoolError, match="model.head: unknown head 'deep'"):
         CLIP(ModelConfig(embed_dim=8, head="deep", text=TINY_TEXT), LossConfig(), vocab_size=30)
