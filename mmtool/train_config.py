@@ -39,7 +39,8 @@ class TrainSettings:
     eval_at_start: bool = False  # also evaluate before the first step (the baseline the val figures move from)
     save_every: int = 0  # steps; 0 = at the end of each epoch only
     keep_states: int = 1  # DeepSpeed training states kept for --resume (older ones are deleted)
-    threads: int | None = None  # torch intra-op threads on CPU
+    # torch intra-op threads on CPU; -n: the usable cores less n (a core for each of n busy loader workers)
+    threads: int | None = None
     # A step whose loss is non-finite on any rank is skipped (no update); this many in a row end the run.
     max_nonfinite_steps: int = 5
 

@@ -74,8 +74,8 @@ def start_run(settings: TrainSettings, batch_size: int, out: Path, resume: bool)
     distributed.init_distributed()
     check_trackers(settings.report_to)  # a missing wandb / mlflow fails now, not after the model is built
     settings.accum_steps = run_accum(settings, batch_size, out / STATE_DIR if resuming(out, resume) else None)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    if threads := distributed.intra_op_threads(settings.threads):
+        torch.set_num_threads(threads)
     torch.manual_seed(settings.seed)  # the same initial weights on every rank
 
 
