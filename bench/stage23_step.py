@@ -29,7 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmtool.config import load_config  # noqa: E402
-from mmtool.data.reading.images import AugmentConfig, eval_transform, load_image  # noqa: E402
+from mmtool.data.reading.images import AugmentConfig, eval_transform, load_image, normalize_pixels  # noqa: E402
 from mmtool.data.reading.loader import make_train_loader, resolve_shards  # noqa: E402
 from stage2_projector.chat_format import IGNORE_INDEX  # noqa: E402
 from stage2_projector.checkpoint import build_vlm  # noqa: E402
@@ -141,7 +141,8 @@ def stage2_batches(bundle, shards: str, batch_size: int, count: int, cfg: AlignC
         own = sum(content_tokens(bundle.tokenizer, caption_turns(c, pick_instruction(cfg.data.instructions, k)),
                                  bundle.num_image_tokens) for c, k in zip(raw["caption"], raw["key"]))
         real = int(batch["attention_mask"].sum())
-        out.append({**batch, "pixel_values": raw["image"], "template": real - own, "sample_tokens": real})
+        out.append({**batch, "pixel_values": normalize_pixels(raw["image"]), "template": real - own,
+                    "sample_tokens": real})
     return out
 
 

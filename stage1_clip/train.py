@@ -6,7 +6,7 @@ import torch
 
 from mmtool import distributed
 from mmtool.config import to_dict
-from mmtool.data.reading.images import AugmentConfig
+from mmtool.data.reading.images import AugmentConfig, normalize_pixels
 from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count, train_layout
 from mmtool.data.reading.relayout import EpochOrigin
 from mmtool.engine import TrainEngine
@@ -78,8 +78,8 @@ class ClipStage(Stage):
         for batch in micro_batches:
             input_ids, attention_mask = self.tokenize(batch["caption"])
             negatives = self.mining.negative_tokens(batch["key"], step) if self.mining else None
-            inputs.append((batch["image"].to(engine.device, engine.param_dtype), input_ids.to(engine.device),
-                           attention_mask.to(engine.device), *(t.to(engine.device) for t in negatives or ())))
+            inputs.append((normalize_pixels(batch["image"].to(engine.device), engine.param_dtype),  # [B, 3, H, W]
+                           *(t.to(engine.device) for t in (input_ids, attention_mask, *(negatives or ())))))
             self.skipped_samples += sum(batch.get("skipped", {}).values())
         loss, temperature = train_step(engine, self.loss_fn, inputs)
         return StepResult(loss, samples=sum(len(batch["caption"]) for batch in micro_batches),

@@ -5,7 +5,7 @@ import torch
 
 from mmtool import distributed
 from mmtool.config import to_dict
-from mmtool.data.reading.images import AugmentConfig
+from mmtool.data.reading.images import AugmentConfig, normalize_pixels
 from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count, train_layout
 from mmtool.data.reading.relayout import EpochOrigin
 from mmtool.engine import TrainEngine
@@ -68,7 +68,7 @@ class AlignStage(Stage):
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         tokens = 0
         for batch in micro_batches:
-            encoded = encode(self.bundle, self.cfg, batch["caption"], batch["key"], batch["image"])
+            encoded = encode(self.bundle, self.cfg, batch["caption"], batch["key"], normalize_pixels(batch["image"]))
             outputs = engine(*model_inputs(encoded, engine.device, engine.param_dtype))
             engine.backward(outputs["loss"])
             engine.step()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmtool.data.building.shard_writer import SplitWriter, write_meta
 from mmtool.data.reading.augment import StyleAugment
-from mmtool.data.reading.images import AugmentConfig, open_image, train_transform
+from mmtool.data.reading.images import AugmentConfig, open_image, train_pixels, train_transform
 from mmtool.data.reading.loader import make_train_loader, resolve_shards
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.reading.sample_stream import seeded_rng
@@ -49,7 +49,7 @@ def test_each_image_is_one_of_its_fixed_views_drawn_with_the_live_augmentation(s
     expected = {}
     for i in range(SAMPLES):
         key = f"s{i:02d}"
-        expected[key] = [train_transform(open_image(drawing(i)), 16, seeded_rng(3, "view", v, key), AUGMENT)
+        expected[key] = [train_pixels(open_image(drawing(i)), 16, seeded_rng(3, "view", v, key), AUGMENT)
                          for v in range(VIEWS)]
     seen = defaultdict(set)
     for epoch in range(EPOCHS):

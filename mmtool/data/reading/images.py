@@ -77,10 +77,23 @@ def pad_to_square(img: Image.Image) -> Image.Image:
     return canvas
 
 
+def to_pixels(img: Image.Image) -> torch.Tensor:
+    """RGB image -> its bytes as a uint8 tensor [3, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def normalize_pixels(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 pixels [..., 3, H, W] -> CLIP-normalised `dtype`, computed in float32 wherever the pixels are.
+
+    Training batches travel as uint8 and are normalised here on the training device: a quarter of float32's
+    bytes to stack, pin and copy, and the loader workers skip the per-pixel arithmetic (bench/RESULTS_gpu.md)."""
+    mean = torch.from_numpy(CLIP_MEAN).to(pixels.device).view(3, 1, 1)
+    std = torch.from_numpy(CLIP_STD).to(pixels.device).view(3, 1, 1)
+    return ((pixels.float() / 255.0 - mean) / std).to(dtype)
+
+
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
-    pixels = np.asarray(img, dtype=np.float32) / 255.0  # [H, W, 3]
-    normalized = (pixels - CLIP_MEAN) / CLIP_STD  # [H, W, 3]
-    return torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))  # [3, H, W]
+    return normalize_pixels(to_pixels(img))  # [3, H, W]
 
 
 def eval_transform(img: Image.Image, size: int) -> torch.Tensor:
@@ -128,10 +141,16 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
     return left, top, left + w, top + h
 
 
-def train_transform(img: Image.Image, size: int, rng: np.random.Generator,
-                    augment: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+def train_pixels(img: Image.Image, size: int, rng: np.random.Generator,
+                 augment: AugmentConfig = AugmentConfig()) -> torch.Tensor:
     """RGB or RGBA image (transparency shows white unless the background switch is on) -> style augmentations
-    around a random resized crop to size x size (bicubic), CLIP normalisation -> [3, size, size] float32."""
+    around a random resized crop to size x size (bicubic) -> [3, size, size] uint8 (normalize_pixels next)."""
     img = before_crop(img, augment.style, rng)
     box = random_resized_crop_box(img.width, img.height, rng, augment.random_resized_crop_scale, augment.ratio)
-    return to_normalized_tensor(after_crop(img.resize((size, size), Image.BICUBIC, box=box), augment.style, rng))
+    return to_pixels(after_crop(img.resize((size, size), Image.BICUBIC, box=box), augment.style, rng))
+
+
+def train_transform(img: Image.Image, size: int, rng: np.random.Generator,
+                    augment: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+    """train_pixels, CLIP-normalised -> [3, size, size] float32."""
+    return normalize_pixels(train_pixels(img, size, rng, augment))

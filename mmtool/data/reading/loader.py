@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtool.data.reading.augment import pick_caption
-from mmtool.data.reading.images import AugmentConfig, BadSample, eval_transform, load_image, open_image, train_transform
+from mmtool.data.reading.images import AugmentConfig, BadSample, eval_transform, load_image, open_image, train_pixels
 from mmtool.data.reading.relayout import Layout, origin_positions
 from mmtool.data.reading.sample_format import RawSample
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_samples
@@ -105,14 +105,14 @@ class ShardBatches(IterableDataset):
             yield self.assemble(raws, batch_index, skipped)
 
     def decode(self, raw: RawSample) -> tuple:
-        """(image [3, H, W], caption, key, meta); raises BadSample."""
+        """(image [3, H, W] uint8, caption, key, meta); raises BadSample."""
         rng = seeded_rng(self.seed, self.epoch, raw.key)  # per sample: independent of stream position
         caption = pick_caption(raw.captions, raw.meta, self.augment.style, rng)
         if self.views:
             view = int(seeded_rng(self.seed, self.epoch, "view", raw.key).integers(self.views))
             rng = seeded_rng(self.seed, "view", view, raw.key)
-        # Transparency kept: train_transform composites it on the (possibly random) background.
-        image = train_transform(open_image(raw.image), self.image_size, rng, self.augment)
+        # Transparency kept: train_pixels composites it on the (possibly random) background.
+        image = train_pixels(open_image(raw.image), self.image_size, rng, self.augment)
         return image, caption, raw.key, raw.meta
 
     def stand_in(self, batch_index: int) -> tuple:
@@ -167,7 +167,8 @@ def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoc
                       world_size: int, workers: int, batches_per_epoch: int, skip_batches: int = 0,
                       shuffle_buffer: int = 1000, augment: AugmentConfig = AugmentConfig(),
                       resampled: bool = False, views: int = 0, origin: Layout | None = None) -> TrainLoader:
-    """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] float32, "caption": [B] (a
+    """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] uint8 pixels (normalize_pixels
+    on the training device), "caption": [B] (a
     random phrasing per sample), "key": [B], "meta": [B] json dicts, "skipped": {reason: count since the
     previous batch}}, the same on every run; batch k of a skip_batches=k run is batch k of a fresh run. `views` > 0:
     each image one of that many fixed augmented views; `origin`: the layout the epoch began on, when another

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from mmtool.data.reading.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, BadSample, eval_transform, load_image,
-                                random_resized_crop_box, train_transform)
+                                normalize_pixels, random_resized_crop_box, train_pixels, train_transform)
 
 
 def png_bytes(img: Image.Image, **save_args) -> bytes:
@@ -86,6 +86,22 @@ def test_train_transform_is_a_function_of_the_rng():
     assert first.shape == (3, 16, 16)
     assert torch.equal(first, train_transform(img, 16, np.random.default_rng(5)))
     assert not torch.equal(first, train_transform(img, 16, np.random.default_rng(6)))
+
+
+def test_training_pixels_travel_as_uint8_and_normalise_like_the_float64_formula():
+    """The loader ships train_pixels (uint8); normalize_pixels on the training device gives train_transform."""
+    img = Image.fromarray(np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    pixels = train_pixels(img, 16, np.random.default_rng(7))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 16, 16)
+    assert torch.equal(normalize_pixels(pixels), train_transform(img, 16, np.random.default_rng(7)))
+    batch = torch.stack([pixels, pixels.flip(-1)])  # [2, 3, 16, 16]
+    reference = (batch.double() / 255.0 - torch.from_numpy(CLIP_MEAN).double().view(3, 1, 1)) / \
+        torch.from_numpy(CLIP_STD).double().view(3, 1, 1)
+    out = normalize_pixels(batch)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-6)
+    bf16 = normalize_pixels(batch, torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, out.to(torch.bfloat16))
 
 
 def test_full_crop_equals_eval_transform_on_a_square_image():
