@@ -10,7 +10,11 @@ autocast over fp32 weights with AdamW and gradient clipping at 1.0:
   zero0, zero0+compile      the same engine with ZeRO stage 0 (plain data parallelism): what one GPU needs
   torch, torch+compile      the same model and loss in a plain torch loop (fused AdamW): the fallback when
                             DeepSpeed is not importable, and the reference for DeepSpeed's overhead
+  torch+compile_model       the plain loop with the whole CLIP compiled (projections and normalisation in the
+                            graph), as open_clip compiles, against +compile's two towers
   open_clip, open_clip+compile   open_clip's CLIP and ClipLoss with the same architecture, when importable
+Memory: peak_mem_GiB is the allocator's peak over the timed steps; state_GiB what stays allocated between steps
+(weights, optimizer state, inputs), so peak - state is what one step's activations and workspaces take.
 Batch: doubled from --start-batch until a step runs out of memory (or --max-batch), then bisected to a multiple of
 --batch-granularity, with the plain torch step (the torch variants keep the most memory); a variant that still
 runs out of memory retries at 7/8 of the batch.
@@ -39,7 +43,7 @@ SMOKE_OVERRIDES = ["model.embed_dim=16", "model.vision.image_size=32", "model.vi
                    "model.vision.width=32", "model.vision.layers=1", "model.vision.heads=2",
                    "model.text.context_length=16", "model.text.width=32", "model.text.layers=1", "model.text.heads=2"]
 ALL_VARIANTS = ["zero2", "zero2+compile", "zero0", "zero0+compile", "torch", "torch+compile",
-                "open_clip", "open_clip+compile"]
+                "torch+compile_model", "open_clip", "open_clip+compile"]
 
 
 def importable(name: str) -> bool:
@@ -98,20 +102,23 @@ def synthetic_batch(cfg, vocab: int, batch: int, device: torch.device) -> tuple:
     return images, input_ids, torch.ones_like(input_ids)
 
 
-def mmtool_model(clip_cfg, vocab: int, compile_backend: str | None) -> torch.nn.Module:
+def mmtool_model(clip_cfg, vocab: int, compile_backend: str | None, whole: bool = False) -> torch.nn.Module:
     from stage1_clip.model import CLIP
 
     model = CLIP(clip_cfg.model, clip_cfg.loss, vocab)
-    if compile_backend:
+    if compile_backend and whole:
+        model.compile(backend=compile_backend)
+    elif compile_backend:
         model.compile_towers(backend=compile_backend)
     return model
 
 
-def torch_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compile_backend: str | None):
+def torch_step_fn(clip_cfg, vocab: int, batch: int, device: torch.device, compile_backend: str | None,
+                  whole: bool = False):
     """Plain torch loop: autocast bf16, fused AdamW where the device has it."""
     from stage1_clip.loss import ClipLoss
 
-    model = mmtool_model(clip_cfg, vocab, compile_backend).to(device)
+    model = mmtool_model(clip_cfg, vocab, compile_backend, whole).to(device)
     loss_fn = ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1,
                                   fused=True)
@@ -177,6 +184,8 @@ def build_step(variant: str, clip_cfg, vocab: int, batch: int, device: torch.dev
     builder = {"zero2": functools.partial(engine_step_fn, "zero2_bf16.json"),
                "zero0": functools.partial(engine_step_fn, "zero0_bf16.json"),
                "torch": torch_step_fn, "open_clip": open_clip_step_fn}[kind]
+    if compiled == "compile_model":
+        builder = functools.partial(builder, whole=True)
     return builder(clip_cfg, vocab, batch, device, backend if compiled else None)
 
 
@@ -240,8 +249,9 @@ def run_variant(variant: str, clip_cfg, vocab: int, batch: int, device: torch.de
             step = build_step(variant, clip_cfg, vocab, batch, device, args.compile_backend)
             step_time = time_steps(step, device, args.warmup, args.steps)
             flops = train_step_flops(clip_cfg.model, batch)
+            state = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
             return {"batch": batch, "step_s": round(step_time, 4), "samples_per_s": round(batch / step_time, 1),
-                    "peak_mem_GiB": round(peak_memory_bytes(device) / 2**30, 2),
+                    "peak_mem_GiB": round(peak_memory_bytes(device) / 2**30, 2), "state_GiB": round(state / 2**30, 2),
                     "TFLOP_per_step": round(flops / 1e12, 3), "MFU": f"{flops / step_time / peak:.1%}"}
         except (torch.OutOfMemoryError, RuntimeError) as err:
             if not is_oom(err):
@@ -319,7 +329,8 @@ def main() -> None:
             rows.append(row)
             print(f"  {json.dumps(row)}", flush=True)
 
-    header = ["model", "variant", "batch", "step_s", "samples_per_s", "peak_mem_GiB", "TFLOP_per_step", "MFU", "note"]
+    header = ["model", "variant", "batch", "step_s", "samples_per_s", "peak_mem_GiB", "state_GiB", "TFLOP_per_step",
+              "MFU", "note"]
     print(f"\n{card}, {args.warmup} warm-up + {args.steps} timed steps, peak {peak / 1e12:.1f} TFLOP/s bf16 measured, "
           f"{time.perf_counter() - started:.0f} s in all")
     print("| " + " | ".join(header) + " |")
