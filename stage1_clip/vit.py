@@ -33,8 +33,10 @@ class VisionTransformer(nn.Module):
         x = images.to(self.conv1.weight.dtype)  # under pure-bf16 training the weights are bf16
         x = self.conv1(x)  # [B, D, H/p, W/p]
         x = x.flatten(2).transpose(1, 2)  # [B, N, D]
-        cls = self.class_embedding.expand(x.shape[0], 1, -1)  # [B, 1, D]
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding  # [B, 1+N, D]
+        # The residual stream keeps the patch embedding's dtype (bf16 under autocast, as open_clip's): an fp32 one
+        # makes eager backward save 7.5 MiB more a ViT-B/16 sample (bench/memory_plan.py, docs/scaling.md).
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [B, 1, D]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [B, 1+N, D]
         if self.training and self.patch_dropout > 0:
             x = self.drop_patches(x)  # [B, 1+n, D], n = kept patches
         return self.transformer(self.ln_pre(x))

@@ -69,6 +69,20 @@ def test_vit_casts_images_to_the_weights_dtype():
     assert vit(torch.randn(1, 3, 32, 32)).dtype == torch.bfloat16
 
 
+def test_vit_residual_stream_is_bf16_under_autocast_and_close_to_fp32():
+    """Under bf16 autocast the stream between blocks takes the patch embedding's bf16 (what backward saves per
+    block); the pooled output stays within bf16 rounding of the fp32 forward."""
+    torch.manual_seed(0)
+    vit, images = tiny_vit().eval(), torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", torch.bfloat16):
+        hidden = vit.forward_hidden_states(images)
+        pooled = vit(images)
+    assert all(h.dtype == torch.bfloat16 for h in hidden)
+    assert all(h.dtype == torch.float32 for h in vit.forward_hidden_states(images))
+    reference = vit(images)  # [2, 32] fp32
+    assert (pooled.float() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
 def test_vit_b32_parameter_count_matches_openai_clip():
     # OpenAI ViT-B/32 visual = 87,849,216 including proj (768 x 512 = 393,216), which CLIP owns here:
     # conv1 3*768*32*32 = 2,359,296; class 768; positions 50*768 = 38,400; ln_pre + ln_post 2*1,536;
