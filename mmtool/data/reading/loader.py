@@ -168,11 +168,10 @@ def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoc
                       shuffle_buffer: int = 1000, augment: AugmentConfig = AugmentConfig(),
                       resampled: bool = False, views: int = 0, origin: Layout | None = None) -> TrainLoader:
     """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] uint8 pixels (normalize_pixels
-    on the training device), "caption": [B] (a
-    random phrasing per sample), "key": [B], "meta": [B] json dicts, "skipped": {reason: count since the
-    previous batch}}, the same on every run; batch k of a skip_batches=k run is batch k of a fresh run. `views` > 0:
-    each image one of that many fixed augmented views; `origin`: the layout the epoch began on, when another
-    (module docstring)."""
+    on the training device), "caption": [B] (a random phrasing per sample), "key": [B], "meta": [B] json dicts,
+    "skipped": {reason: count since the previous batch}}, the same on every run; batch k of a skip_batches=k run is
+    batch k of a fresh run. `views` > 0: each image one of that many fixed augmented views; `origin`: the layout
+    the epoch began on, when another (module docstring)."""
     if not urls:
         raise MmtoolError("make_train_loader got no shard urls")
     if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
