@@ -1,4 +1,5 @@
 """Image decoding and CLIP preprocessing with Pillow + numpy (torchvision does not install beside our torch)."""
+import functools
 import io
 import math
 import warnings
@@ -87,9 +88,14 @@ def normalize_pixels(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -
 
     Training batches travel as uint8 and are normalised here on the training device: a quarter of float32's
     bytes to stack, pin and copy, and the loader workers skip the per-pixel arithmetic (bench/RESULTS_gpu.md)."""
-    mean = torch.from_numpy(CLIP_MEAN).to(pixels.device).view(3, 1, 1)
-    std = torch.from_numpy(CLIP_STD).to(pixels.device).view(3, 1, 1)
+    mean, std = clip_stats(pixels.device)
     return ((pixels.float() / 255.0 - mean) / std).to(dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def clip_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP's mean and std as [3, 1, 1] float32 on `device`, copied there once rather than every step."""
+    return (torch.from_numpy(CLIP_MEAN).view(3, 1, 1).to(device), torch.from_numpy(CLIP_STD).view(3, 1, 1).to(device))
 
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
