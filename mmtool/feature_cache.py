@@ -48,15 +48,19 @@ class FeatureCache:
         self.entries, self.bytes = folder_size(self.folder)
         self.hits = self.misses = 0  # inputs looked up by this process
 
-    def features(self, inputs: torch.Tensor, tower) -> torch.Tensor:
+    def features(self, inputs: torch.Tensor, tower, keys: list[str] | None = None, fill=None) -> torch.Tensor:
         """[B, ...] -> [B, ...]: the cached rows read back, `tower` run on the missing rows only, which are then
-        stored. A batch half seen before (a new caption phrasing, another view of an image) costs half."""
-        keys = [image_key(row) for row in inputs]
+        stored. A batch half seen before (a new caption phrasing, another view of an image) costs half.
+        `keys`: the rows' keys when the caller names its inputs (stage 1's views), else hashes of the rows;
+        `fill(inputs, missing)`: `inputs` with the missing rows' real values, when the caller left some out."""
+        keys = keys or [image_key(row) for row in inputs]
         rows = [self._read(key) for key in keys]
         missing = [i for i, row in enumerate(rows) if row is None]
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if not all_ranks(not missing, inputs.device):
+            if fill is not None and missing:
+                inputs = fill(inputs, missing)
             # A rank with nothing missing still runs the tower (on one row, discarded) to join the others' gathers.
             computed = tower(inputs[missing] if missing else inputs[:1]).detach()  # [M, ...]
             written = set()
@@ -75,7 +79,7 @@ class FeatureCache:
                 f"{self.label}_hit_rate": self.hits / looked_up if looked_up else 0.0}
 
     def _path(self, key: str) -> Path:
-        return self.folder / key[:2] / f"{key}{SUFFIX}"
+        return entry_path(self.folder, key)
 
     def _read(self, key: str) -> torch.Tensor | None:
         try:
@@ -88,6 +92,11 @@ class FeatureCache:
         atomic_write(self._path(key), lambda tmp: tmp.write_bytes(data))
         self.entries += 1
         self.bytes += len(data)
+
+
+def entry_path(folder: Path, key: str) -> Path:
+    """Where the entry of `key` lives in a cache folder (the namespace's)."""
+    return Path(folder) / key[:2] / f"{key}{SUFFIX}"
 
 
 def encode_entry(row: torch.Tensor) -> bytes:

@@ -13,11 +13,12 @@ Image trunk and augmentation: a cache can only pay off when an image's input rep
 draws a new random crop (and style) every epoch. With the trunk cache on, each image instead has a fixed set of
 `data.cached_views` views, view v drawn with the full live augmentation (random resized crop, grayscale, outline,
 ...) from a generator seeded by (seed, v, sample key), and each epoch picks one view per sample, seeded by (seed,
-epoch, key) (mmtool/data/reading/loader.py). Every epoch's image is thus distributed exactly as on the live path;
+epoch, key) (mmtool/data/reading/views.py). Every epoch's image is thus distributed exactly as on the live path;
 what it costs is diversity over the run: an image shows at most `cached_views` crops and renderings instead of one
-per epoch (the default recipe's 7.6 epochs). The key is the exact augmented pixels, so the view, the image bytes and
-the resolution are all in it; the namespace holds the frozen stages' weights hash, the cut point, the image size
-and the precision. The views are computed on first use (the first epochs build the cache), not ahead of training.
+per epoch (the default recipe's 15 epochs). The key names the view by what its pixels depend on (image bytes,
+sample key, view, seed, size, augmentation settings and code), so the loader skips decoding a view already cached;
+the namespace holds the frozen stages' weights hash, the cut point, the image size and the precision. The views
+are computed on first use (the first epochs build the cache), not ahead of training.
 
 Where: `<train shards' folder>/feature_cache/<namespace digest>/`, as stages 2-3 do: a sweep of recipes over the
 same data and towers (issue 19's folds, resolutions, heads) shares the entries, which a per-run cache would recompute.
@@ -28,6 +29,8 @@ import torch
 from torch import nn
 
 from mmtool.config import to_dict
+from mmtool.data.reading.images import AugmentConfig, normalize_pixels
+from mmtool.data.reading.views import ViewRef, ViewRenderer
 from mmtool.engine import load_deepspeed_config
 from mmtool.feature_cache import (FOLDER, FeatureCache, all_frozen, frozen_by_rules, precision_of, state_sha256,
                                   weights_sha256)
@@ -48,19 +51,43 @@ class TextCache:
         return self.cache.features(
             tokens, lambda t: tower(t[:, 0], t[:, 1]) if uses_mask else tower(t[:, 0]))  # [B, Wt]
 
+    def stats(self) -> dict:
+        return self.cache.stats()
+
 
 class ImageTrunkCache:
-    """The image tower's frozen first `cut` stages by augmented pixels; the stages after the cut run live."""
+    """The image tower's frozen first `cut` stages by view (or by pixels); the stages after the cut run live.
+    `renderer` draws the views the loader left out whose entries cannot be read back after all."""
 
-    def __init__(self, cache: FeatureCache, cut: int | None):
-        self.cache, self.cut = cache, cut  # cut None: the whole tower is frozen, its pooled output is cached
+    def __init__(self, cache: FeatureCache, cut: int | None, renderer: ViewRenderer | None = None):
+        self.cache, self.cut, self.renderer = cache, cut, renderer  # cut None: the whole tower's pooled output
+        self.not_decoded = 0  # views the loader left out because their entry was there
 
-    def features(self, tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, Wv], the tower's output."""
+    def features(self, tower: nn.Module, images: torch.Tensor, views: list[ViewRef] | None = None) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, Wv], the tower's output; `views` names the rows (else their pixels are hashed)."""
+        keys, fill = None, None
+        if views is not None:
+            keys, fill = [ref.key for ref in views], lambda inputs, rows: self.draw_left_out(inputs, views, rows)
+            self.not_decoded += sum(ref.source is not None for ref in views)
         if self.cut is None:
-            return self.cache.features(images, tower)  # [B, Wv]
-        trunk = self.cache.features(images, lambda x: tower.prefix(x, self.cut))  # [B, C, h, w]
+            return self.cache.features(images, tower, keys, fill)  # [B, Wv]
+        trunk = self.cache.features(images, lambda x: tower.prefix(x, self.cut), keys, fill)  # [B, C, h, w]
         return tower.finish(trunk, self.cut)  # [B, Wv]
+
+    def draw_left_out(self, images: torch.Tensor, views: list[ViewRef], rows: list[int]) -> torch.Tensor:
+        """`images` [B, 3, S, S] (normalised) with the views among `rows` that the loader left out drawn in."""
+        redraw = [i for i in rows if views[i].source is not None]
+        if not redraw:
+            return images
+        images = images.clone()
+        for i in redraw:
+            pixels = self.renderer.pixels(views[i].source, views[i].sample_key, views[i].view)  # [3, S, S] uint8
+            images[i] = normalize_pixels(pixels.to(images.device), images.dtype)
+        return images
+
+    def stats(self) -> dict:
+        looked_up = self.cache.hits + self.cache.misses
+        return {**self.cache.stats(), "image_cache_not_decoded": self.not_decoded / looked_up if looked_up else 0.0}
 
 
 def frozen_stages(tower: nn.Module, lr: float, rules: list) -> int:
@@ -89,8 +116,9 @@ def open_text_cache(model: nn.Module, text_config, data_folder: Path, train: Tra
     return TextCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="text_cache"))
 
 
-def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: TrainSettings) -> ImageTrunkCache | None:
-    """The cache of the image tower's frozen prefix (or whole frozen tower), else None."""
+def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: TrainSettings,
+                     renderer: ViewRenderer | None = None) -> ImageTrunkCache | None:
+    """The cache of the image tower's frozen prefix (or whole frozen tower), else None; `renderer`: the run's views."""
     tower = model.vision
     if frozen_by_rules(tower, "vision.", train.lr, train.param_groups):
         cut, weights = None, weights_sha256(tower)
@@ -101,13 +129,14 @@ def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: 
         weights = state_sha256(prefix_state(tower, cut))
     else:
         return None
-    namespace = {"tower": "image", "tower_sha256": weights, "cut": cut, "config": to_dict(vision_config),
+    namespace = {"tower": "image", "key": "view", "tower_sha256": weights, "cut": cut, "config": to_dict(vision_config),
                  "precision": precision_of(load_deepspeed_config(train.deepspeed))}
-    return ImageTrunkCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="image_cache"), cut)
+    return ImageTrunkCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="image_cache"), cut, renderer)
 
 
-def open_caches(model: nn.Module, cfg: ClipConfig, data_folder: Path, planned_batches: bool) -> list[FeatureCache]:
-    """The frozen towers' caches `cfg` allows, attached to `model` (text_cache, image_cache); returns their stores.
+def open_caches(model: nn.Module, cfg: ClipConfig, data_folder: Path, planned_batches: bool,
+                augment: AugmentConfig) -> list[TextCache | ImageTrunkCache]:
+    """The frozen towers' caches `cfg` allows, attached to `model` (text_cache, image_cache); returns them.
     Batches planned by hard-negative mining have no fixed image views, so they get no image cache."""
     if not cfg.data.feature_cache:
         return []
@@ -115,5 +144,6 @@ def open_caches(model: nn.Module, cfg: ClipConfig, data_folder: Path, planned_ba
         raise MmtoolError(f"data.cached_views: {cfg.data.cached_views}, needs at least 1 view per image")
     model.text_cache = open_text_cache(model, cfg.model.text, data_folder, cfg.train)
     if not planned_batches:
-        model.image_cache = open_image_cache(model, cfg.model.vision, data_folder, cfg.train)
-    return [cache.cache for cache in (model.text_cache, model.image_cache) if cache is not None]
+        renderer = ViewRenderer(cfg.train.seed, cfg.model.vision.image_size, augment)
+        model.image_cache = open_image_cache(model, cfg.model.vision, data_folder, cfg.train, renderer)
+    return [cache for cache in (model.text_cache, model.image_cache) if cache is not None]

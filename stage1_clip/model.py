@@ -47,9 +47,10 @@ class CLIP(nn.Module):
         self.vision.compile(**options)
         self.text.compile(**options)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_image(self, images: torch.Tensor, views=None) -> torch.Tensor:
+        """`views`: the rows' augmented views ([B] ViewRef, mmtool/data/reading/views.py), for the image cache."""
         if self.image_cache is not None and self.training:
-            features = self.image_cache.features(self.vision, images)  # [B, Wv]
+            features = self.image_cache.features(self.vision, images, views)  # [B, Wv]
         else:
             features = self.vision(images)  # [B, Wv]
         return F.normalize(self.image_projection(features), dim=-1)  # [B, D]
@@ -68,10 +69,11 @@ class CLIP(nn.Module):
         return self.logit_scale.clamp(max=self.max_logit_scale).exp()  # (1,)
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                negative_ids: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None) -> dict:
+                negative_ids: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
+                image_views=None) -> dict:
         """negative_ids / negative_mask [B, K, T]: extra captions per image (mined hard negatives), encoded in
-        the same text pass and returned as negative_text_features [B, K, D]."""
-        outputs = {"image_features": self.encode_image(images), "logit_scale": self.temperature_scale(),
+        the same text pass and returned as negative_text_features [B, K, D]; image_views: see encode_image."""
+        outputs = {"image_features": self.encode_image(images, image_views), "logit_scale": self.temperature_scale(),
                    "logit_bias": self.logit_bias}
         if negative_ids is None:
             outputs["text_features"] = self.encode_text(input_ids, attention_mask)  # [B, D]

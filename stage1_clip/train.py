@@ -55,8 +55,8 @@ class ClipStage(Stage):
         self.skipped_samples = 0  # unreadable samples the loader left out
         self.origin = EpochOrigin(train_layout(distributed.world_size(), cfg.data.workers, cfg.data.batch_size))
         planned = self.mining is not None and self.mining.composition != "random"
-        self.caches = open_caches(self.model, cfg, Path(self.urls[0]).parent, planned_batches=planned)
-        self.prefetch_keys = () if self.model.image_cache else ("image",)  # the cache hashes pixels on the CPU
+        self.caches = open_caches(self.model, cfg, Path(self.urls[0]).parent, planned, self.augment)
+        self.prefetch_keys = () if self.model.image_cache else ("image",)  # a cache miss is drawn on the CPU
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tokenizer(texts, self.cfg.model.text.context_length)  # ids, mask [B, T]
@@ -71,15 +71,17 @@ class ClipStage(Stage):
             epoch=epoch, seed=self.cfg.train.seed, rank=distributed.rank(), world_size=distributed.world_size(),
             workers=self.cfg.data.workers, batches_per_epoch=self.batches_per_epoch, skip_batches=skip,
             shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled,
-            views=self.cfg.data.cached_views if self.model.image_cache else 0, origin=origin)
+            views=self.cfg.data.cached_views if self.model.image_cache else 0, origin=origin,
+            view_cache=self.model.image_cache.cache.folder if self.model.image_cache else None)
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         inputs = []
         for batch in micro_batches:
             input_ids, attention_mask = self.tokenize(batch["caption"])
-            negatives = self.mining.negative_tokens(batch["key"], step) if self.mining else None
+            negatives = (self.mining.negative_tokens(batch["key"], step) if self.mining else None) or (None, None)
             inputs.append((normalize_pixels(batch["image"].to(engine.device), engine.param_dtype),  # [B, 3, H, W]
-                           *(t.to(engine.device) for t in (input_ids, attention_mask, *(negatives or ())))))
+                           *(t if t is None else t.to(engine.device) for t in (input_ids, attention_mask, *negatives)),
+                           batch.get("view")))  # the images' cached views (stage1_clip/feature_cache.py)
             self.skipped_samples += sum(batch.get("skipped", {}).values())
         loss, temperature = train_step(engine, self.loss_fn, inputs)
         return StepResult(loss, samples=sum(len(batch["caption"]) for batch in micro_batches),
@@ -87,10 +89,8 @@ class ClipStage(Stage):
                                  **{k: v for cache in self.caches for k, v in cache.stats().items()}})
 
     def evaluate(self, engine: TrainEngine) -> dict:
-        if self.eval_set is None:
-            return {}
-        return evaluate_clip(engine.module, self.tokenize, self.eval_set, self.cfg.eval.templates,
-                             self.cfg.eval.batch_size)
+        return {} if self.eval_set is None else evaluate_clip(engine.module, self.tokenize, self.eval_set,
+                                                              self.cfg.eval.templates, self.cfg.eval.batch_size)
 
     def refresh(self, engine: TrainEngine, progress, log) -> bool:
         """Re-mines hard negatives when due; True when the rest of the epoch's batches changed."""

@@ -1,5 +1,5 @@
 """Stage 1 with its frozen-tower caches through the CLI: the same losses as the live towers, read back on a second
-run, sizes in the train log, and exact resume."""
+run without decoding an image, sizes in the train log, and exact resume."""
 import json
 import shutil
 from pathlib import Path
@@ -44,6 +44,8 @@ def test_cached_runs_match_the_live_run_and_resume_exactly(shards, tmp_path):
     assert "image_cache_mb" not in train_records(tmp_path / "live")[6]
     last = train_records(tmp_path / "cached")[6]
     assert last["image_cache_hit_rate"] == 1.0 and last["text_cache_hit_rate"] == 1.0
+    assert last["image_cache_not_decoded"] == 1.0  # every view's entry was there: the loader decoded no image
     assert last["image_cache_mb"] > 0 and last["text_cache_mb"] > 0
-    assert train_records(tmp_path / "building")[1]["image_cache_hit_rate"] == 0.0
+    first = train_records(tmp_path / "building")[1]
+    assert first["image_cache_hit_rate"] == 0.0 and first["image_cache_not_decoded"] == 0.0
     assert_resume_from_step3_matches(shards, tmp_path / "building", tmp_path / "resumed", LIT)

@@ -9,7 +9,9 @@ shapes) and their raw positions.
 
 With `views` set (stage 1's image-trunk cache), each sample's image is one of `views` fixed augmented views, view v
 drawn from a generator seeded by (seed, v, key) and picked per epoch by (seed, epoch, key): each epoch's image is
-distributed as without views, but repeats across epochs, so a frozen trunk's output on it can be reused.
+distributed as without views, but repeats across epochs, so a frozen trunk's output on it can be reused
+(mmtool/data/reading/views.py). With `view_cache` (that cache's folder) too, a view whose entry is there is not
+decoded at all: its pixels are left zero and its ViewRef carries the encoded image, in case the entry cannot be read.
 
 With `origin` set to another layout than (world_size, workers, batch_size), the epoch began on that layout (a run
 resumed on another number of ranks): each worker then reads every origin stream and takes its samples of the
@@ -18,6 +20,7 @@ costs each worker a pass over all origin streams (and their shuffle buffers) for
 unreadable members met in those streams are not counted (decode failures still are).
 """
 from collections import Counter
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -28,8 +31,10 @@ from mmtool.data.reading.relayout import Layout, origin_positions
 from mmtool.data.reading.sample_format import RawSample
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_samples
 from mmtool.data.reading.shard_reader import resolve_shards, sample_count  # noqa: F401 (this module's API too)
+from mmtool.data.reading.views import ViewRef, ViewRenderer
 from mmtool.data.reading.worker_lifetime import worker_guard
 from mmtool.errors import MmtoolError
+from mmtool.feature_cache import entry_path
 from mmtool.progress import progress
 
 
@@ -53,9 +58,11 @@ class ShardBatches(IterableDataset):
 
     def __init__(self, urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
                  world_size: int, workers: int, batches_per_epoch: int, skip_batches: int, shuffle_buffer: int,
-                 augment: AugmentConfig, resampled: bool, views: int = 0, origin: Layout | None = None):
+                 augment: AugmentConfig, resampled: bool, views: int = 0, view_cache: Path | None = None,
+                 origin: Layout | None = None):
         super().__init__()
-        self.views = views
+        self.views, self.view_cache = views, view_cache
+        self.renderer = ViewRenderer(seed, image_size, augment)
         self.urls, self.batch_size, self.image_size, self.augment = urls, batch_size, image_size, augment
         self.epoch, self.seed, self.rank, self.world_size = epoch, seed, rank, world_size
         self.workers = max(workers, 1)  # workers=0 (main process) reads the same stream as workers=1
@@ -105,15 +112,20 @@ class ShardBatches(IterableDataset):
             yield self.assemble(raws, batch_index, skipped)
 
     def decode(self, raw: RawSample) -> tuple:
-        """(image [3, H, W] uint8, caption, key, meta); raises BadSample."""
+        """(image [3, H, W] uint8, caption, key, meta, ViewRef or None); raises BadSample."""
         rng = seeded_rng(self.seed, self.epoch, raw.key)  # per sample: independent of stream position
         caption = pick_caption(raw.captions, raw.meta, self.augment.style, rng)
-        if self.views:
-            view = int(seeded_rng(self.seed, self.epoch, "view", raw.key).integers(self.views))
-            rng = seeded_rng(self.seed, "view", view, raw.key)
-        # Transparency kept: train_pixels composites it on the (possibly random) background.
-        image = train_pixels(open_image(raw.image), self.image_size, rng, self.augment)
-        return image, caption, raw.key, raw.meta
+        if not self.views:
+            # Transparency kept: train_pixels composites it on the (possibly random) background.
+            image = train_pixels(open_image(raw.image), self.image_size, rng, self.augment)
+            return image, caption, raw.key, raw.meta, None
+        view = self.renderer.pick(self.epoch, raw.key, self.views)
+        key = self.renderer.key(raw.image, raw.key, view)
+        if self.view_cache is not None and entry_path(self.view_cache, key).is_file():
+            blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
+            return blank, caption, raw.key, raw.meta, ViewRef(key, raw.key, view, source=raw.image)
+        image = self.renderer.pixels(raw.image, raw.key, view)
+        return image, caption, raw.key, raw.meta, ViewRef(key, raw.key, view)
 
     def stand_in(self, batch_index: int) -> tuple:
         """A decodable sample for a batch whose images all failed: the first one found from a shard picked by
@@ -139,6 +151,8 @@ class ShardBatches(IterableDataset):
         batch = {"image": torch.stack([f[0] for f in filled]),  # [B, 3, H, W]
                  "caption": [f[1] for f in filled], "key": [f[2] for f in filled], "meta": [f[3] for f in filled],
                  "skipped": dict(skipped)}
+        if self.views:
+            batch["view"] = [f[4] for f in filled]
         skipped.clear()
         return batch
 
@@ -166,12 +180,14 @@ class TrainLoader:
 def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoch: int, seed: int, rank: int,
                       world_size: int, workers: int, batches_per_epoch: int, skip_batches: int = 0,
                       shuffle_buffer: int = 1000, augment: AugmentConfig = AugmentConfig(),
-                      resampled: bool = False, views: int = 0, origin: Layout | None = None) -> TrainLoader:
+                      resampled: bool = False, views: int = 0, view_cache: Path | None = None,
+                      origin: Layout | None = None) -> TrainLoader:
     """Exactly batches_per_epoch - skip_batches batches of {"image": [B, 3, H, W] uint8 pixels (normalize_pixels
     on the training device), "caption": [B] (a random phrasing per sample), "key": [B], "meta": [B] json dicts,
     "skipped": {reason: count since the previous batch}}, the same on every run; batch k of a skip_batches=k run is
-    batch k of a fresh run. `views` > 0: each image one of that many fixed augmented views; `origin`: the layout
-    the epoch began on, when another (module docstring)."""
+    batch k of a fresh run. `views` > 0: each image one of that many fixed augmented views, and "view": [B] ViewRef;
+    `view_cache`: the trunk cache's folder, whose views are not decoded; `origin`: the layout the epoch began on, when
+    another (module docstring)."""
     if not urls:
         raise MmtoolError("make_train_loader got no shard urls")
     if batch_size < 1 or workers < 0 or not 0 <= rank < world_size:
@@ -180,7 +196,7 @@ def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoc
     dataset = ShardBatches(urls, batch_size=batch_size, image_size=image_size, epoch=epoch, seed=seed, rank=rank,
                            world_size=world_size, workers=workers, batches_per_epoch=batches_per_epoch,
                            skip_batches=skip_batches, shuffle_buffer=shuffle_buffer, augment=augment,
-                           resampled=resampled, views=views, origin=origin)
+                           resampled=resampled, views=views, view_cache=view_cache, origin=origin)
     return TrainLoader(dataset, workers, max(batches_per_epoch - skip_batches, 0))
 
 
