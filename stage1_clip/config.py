@@ -88,8 +88,8 @@ class DataConfig:
     shuffle_buffer: int = 2000
     resampled: bool = False
     random_resized_crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
-    # Style-shift augmentations (background, rotation, colour jitter, grayscale, posterize, outline; caption
-    # templates and keyword dropout), all off by default: see mmtool/data/reading/augment.py.
+    # Style-shift augmentations (background, rotation, colour jitter, grayscale, posterize, outline, contour,
+    # stroke; caption templates and keyword dropout), all off by default: see mmtool/data/reading/augment.py.
     augment: StyleAugment = field(default_factory=StyleAugment)
     label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
     # Frozen towers computed once (stage1_clip/feature_cache.py), in feature_cache/ beside the train shards: the

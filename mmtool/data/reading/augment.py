@@ -12,6 +12,8 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 WHITE = (255, 255, 255)
 POSTERIZE_BITS = (2, 3, 4)  # bits kept per channel: 4, 8 or 16 levels
+CONTOUR_WIDTHS = (1, 2)  # 1: the edge pixels alone; 2: grown by a 3x3 maximum filter (at the output size)
+CONTOUR_EDGE = 48  # luminance edge strength (0-255, after FIND_EDGES) that becomes a line
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,9 @@ class StyleAugment:
     grayscale: float = 0.0  # p of dropping colour
     posterize: float = 0.0  # p of keeping only 2-4 bits per channel (flat colour areas, as in flat emoji styles)
     outline: float = 0.0  # p of edge-only rendering: dark outlines on white, the drawing's colours gone
+    # p of dark contour lines (1-2 px, grey 0-63) drawn over the coloured drawing: outlined flat art, e.g. OpenMoji
+    contour: float = 0.0
+    stroke: float = 0.0  # p of every dark stroke made one pixel thicker or thinner (a grey-level min / max filter)
     # Extra phrasings filled from the sample's json fields, e.g. "a drawing of {name}", "{name}: {keywords}"; a
     # list field (keywords) is joined with ", ". The caption is drawn from the stored phrasings plus the templates
     # whose fields the sample has (non-empty).
@@ -31,7 +36,7 @@ class StyleAugment:
     keyword_dropout: float = 0.0  # p of dropping each item of a list field before a template joins it
 
     def __post_init__(self):
-        for name in ("background", "grayscale", "posterize", "outline", "keyword_dropout"):
+        for name in ("background", "grayscale", "posterize", "outline", "contour", "stroke", "keyword_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.rotation <= 180.0:
@@ -75,12 +80,31 @@ def rotate(img: Image.Image, degrees: float) -> Image.Image:
     return img.convert("RGBA").rotate(degrees, resample=Image.BICUBIC, fillcolor=(0, 0, 0, 0))
 
 
+def luminance_edges(img: Image.Image) -> Image.Image:
+    """L image of edge strengths; edge-replicated padding, so the image border itself is no edge."""
+    padded = Image.fromarray(np.pad(np.asarray(img.convert("L")), 1, mode="edge"))
+    return padded.filter(ImageFilter.FIND_EDGES).crop((1, 1, img.width + 1, img.height + 1))
+
+
 def outline(img: Image.Image) -> Image.Image:
     """Edge-only rendering: luminance edges as dark lines on white, stretched to full contrast."""
-    # Edge-replicated padding: the image border itself is no edge.
-    padded = Image.fromarray(np.pad(np.asarray(img.convert("L")), 1, mode="edge"))
-    edges = padded.filter(ImageFilter.FIND_EDGES).crop((1, 1, img.width + 1, img.height + 1))
-    return ImageOps.invert(ImageOps.autocontrast(edges)).convert("RGB")
+    return ImageOps.invert(ImageOps.autocontrast(luminance_edges(img))).convert("RGB")
+
+
+def contour(img: Image.Image, width: int, shade: int) -> Image.Image:
+    """The drawing with its luminance edges (silhouette and colour boundaries) painted as lines of grey `shade`,
+    grown to about `width` pixels; the fills stay."""
+    lines = luminance_edges(img).point(lambda v: 255 if v >= CONTOUR_EDGE else 0)
+    if width > 1:
+        lines = lines.filter(ImageFilter.MaxFilter(2 * width - 1))
+    painted = np.asarray(img.convert("RGB")).copy()  # [H, W, 3]
+    painted[np.asarray(lines) > 0] = shade
+    return Image.fromarray(painted)
+
+
+def stroke(img: Image.Image, thicker: bool) -> Image.Image:
+    """Dark strokes one pixel thicker (3x3 minimum filter per channel) or thinner (maximum filter)."""
+    return img.filter(ImageFilter.MinFilter(3) if thicker else ImageFilter.MaxFilter(3))
 
 
 def jitter_colours(img: Image.Image, brightness: float, contrast: float, saturation: float,
@@ -110,11 +134,17 @@ def before_crop(img: Image.Image, aug: StyleAugment, rng: np.random.Generator) -
 
 
 def after_crop(img: Image.Image, aug: StyleAugment, rng: np.random.Generator) -> Image.Image:
-    """Rendering-style changes on the resized crop: outline or posterisation, colour jitter, grayscale."""
+    """Rendering-style changes on the resized crop: stroke width, then outline or (posterisation and contours),
+    colour jitter, grayscale."""
+    if aug.stroke and rng.random() < aug.stroke:
+        img = stroke(img, thicker=bool(rng.random() < 0.5))
     if aug.outline and rng.random() < aug.outline:
         img = outline(img)
-    elif aug.posterize and rng.random() < aug.posterize:
-        img = ImageOps.posterize(img, int(rng.choice(POSTERIZE_BITS)))
+    else:
+        if aug.posterize and rng.random() < aug.posterize:
+            img = ImageOps.posterize(img, int(rng.choice(POSTERIZE_BITS)))
+        if aug.contour and rng.random() < aug.contour:
+            img = contour(img, int(rng.choice(CONTOUR_WIDTHS)), int(rng.integers(0, 64)))
     if aug.color_jitter or aug.hue:
         low, high = 1.0 - aug.color_jitter, 1.0 + aug.color_jitter
         factors = rng.uniform(low, high, 3)

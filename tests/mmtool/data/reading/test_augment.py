@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from mmtool.config import load_config
-from mmtool.data.reading.augment import StyleAugment, jitter_colours, outline, pick_caption, rotate
+from mmtool.data.reading.augment import (CONTOUR_EDGE, StyleAugment, contour, jitter_colours, outline, pick_caption,
+                                        rotate, stroke)
 from mmtool.data.reading.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, flatten_on_white, random_resized_crop_box,
                                 train_transform)
 from mmtool.data.building.shard_writer import SplitWriter, write_meta
@@ -129,6 +130,61 @@ def test_outline_draws_the_boundary_ring_outside_the_shape():
     assert (lines[..., 0] == lines[..., 1]).all() and (lines[~darker_neighbour] == 255).all()
 
 
+def neighbourhood(values: np.ndarray, reduce) -> np.ndarray:
+    """[H, W(, C)] -> the `reduce` (np.minimum / np.maximum) over each pixel's 3 x 3 window, edges replicated."""
+    height, width = values.shape[:2]
+    padded = np.pad(values, [(1, 1), (1, 1)] + [(0, 0)] * (values.ndim - 2), mode="edge")
+    out = values.copy()
+    for dy in range(3):
+        for dx in range(3):
+            out = reduce(out, padded[dy:dy + height, dx:dx + width])
+    return out
+
+
+def laplacian_lines(rgb: np.ndarray) -> np.ndarray:
+    """Reference for contour's lines: the 8-neighbour Laplacian of the 8-bit luma, clipped at 0, above the threshold."""
+    luma = np.rint(rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
+    padded = np.pad(luma, 1, mode="edge")
+    neighbours = sum(padded[dy:dy + rgb.shape[0], dx:dx + rgb.shape[1]] for dy in range(3) for dx in range(3))
+    return np.clip(9 * luma - neighbours, 0, 255) >= CONTOUR_EDGE
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_contour_paints_the_shape_boundary_and_keeps_the_fills(width):
+    rgb = np.full((24, 24, 3), 255, np.uint8)
+    rgb[5:19, 5:19] = (200, 0, 0)
+    rgb[9:14, 9:14] = (20, 120, 230)
+    lines = laplacian_lines(rgb)
+    if width == 2:
+        lines = neighbourhood(lines, np.maximum)
+    out = np.asarray(contour(Image.fromarray(rgb), width, shade=17))
+    np.testing.assert_array_equal(out[lines], 17)
+    np.testing.assert_array_equal(out[~lines], rgb[~lines])
+    # Lines fall on the brighter side of a boundary: the white around the red square, the blue inside it.
+    assert lines[4, 10] and lines[9, 11] and not lines[0, 0] and not lines[16, 16]
+
+
+def test_stroke_thickens_or_thins_dark_lines():
+    rgb = np.full((20, 20, 3), 255, np.uint8)
+    rgb[4:16, 9:11] = (10, 10, 10)  # a 2-px dark stroke
+    thicker, thinner = (np.asarray(stroke(Image.fromarray(rgb), t)) for t in (True, False))
+    np.testing.assert_array_equal(thicker, neighbourhood(rgb, np.minimum))
+    np.testing.assert_array_equal(thinner, neighbourhood(rgb, np.maximum))
+    assert (thicker[10, :, 0] < 128).sum() == 4 and (thinner[10, :, 0] < 128).sum() == 0
+
+
+def test_outline_wins_over_contour_and_contour_draws_from_the_sample_rng():
+    img = drawing(24)
+    np.testing.assert_array_equal(transform(img, 0, outline=1.0, contour=1.0), transform(img, 0, outline=1.0))
+    for seed in range(4):
+        replay = np.random.default_rng(seed)
+        random_resized_crop_box(24, 24, replay, (1.0, 1.0), (1.0, 1.0))
+        replay.random()  # the contour's p draw
+        width, shade = int(replay.choice((1, 2))), int(replay.integers(0, 64))
+        expected = np.asarray(contour(flatten_on_white(img).resize((24, 24), Image.BICUBIC), width, shade))
+        np.testing.assert_allclose(transform(img, seed, contour=1.0), expected, atol=0.01)
+
+
 def test_colour_jitter_matches_the_blend_formulas():
     img = random_image(5)
     rgb = np.asarray(img, dtype=np.float64)
@@ -185,7 +241,7 @@ def rgba_shards(tmp_path_factory) -> list[str]:
 
 
 ALL_ON = StyleAugment(background=0.5, rotation=15.0, color_jitter=0.4, hue=0.1, grayscale=0.3, posterize=0.3,
-                      outline=0.3, caption_templates=TEMPLATES, keyword_dropout=0.3)
+                      outline=0.3, contour=0.3, stroke=0.3, caption_templates=TEMPLATES, keyword_dropout=0.3)
 
 
 def load(urls, style: StyleAugment, **settings) -> list[dict]:
@@ -213,6 +269,7 @@ def test_config_section_reads_and_rejects_bad_switches(tmp_path):
     assert cfg.data.augment == StyleAugment(outline=0.2, caption_templates=("{name}",))
     for override, message in [("data.augment.grayscale=1.5", "grayscale is a probability"),
                               ("data.augment.hue=0.7", "hue is in"),
+                              ("data.augment.contour=-0.1", "contour is a probability"),
                               ("data.augment.keyword_dropout=0.3", "set caption_templates"),
                               ('data.augment.caption_templates=["plain text"]', "uses no sample field"),
                               ('data.augment.caption_templates=["{0}"]', "sample field names"),
