@@ -14,7 +14,7 @@ options: open_clip `--lock-image --lock-image-unlocked-groups G --lock-text --lo
 BatchNorm layers keep training-mode statistics: see open_clip_command), mmtool `train.param_groups` (lr 0 = locked,
 BatchNorm statistics frozen); G = 3 is EfficientNet-Lite0's blocks 14-15 and head conv, the default's unlocked part.
 mmtool caches what is locked (stage1_clip/feature_cache.py): MiniLM's caption embeddings, and the trunk's output
-for `--views` fixed augmented views per image.
+for `--views` fixed augmented views per image (several values: one mmtool run each).
 
 Data: the main job's four training styles (--data: data/emoji5/train-*.tar) as web-style shards both tools read as
 they are: flattened on white, JPEG at 128 px, one caption each, 10 shards of 1,024 (so each of 2 loader workers holds
@@ -252,26 +252,26 @@ def open_clip_as_mmtool(template: Path, open_clip_checkpoint: Path, out: Path) -
     return out
 
 
-def run_round(tool: str, index: int, args, shards: Path, oc_dir: Path, work: Path) -> dict:
-    out = work / f"{tool}_g{args.unlocked_groups}_v{args.views}_r{index}_{int(time.time())}"
+def run_round(tool: str, views: int | None, index: int, args, shards: Path, oc_dir: Path, work: Path) -> dict:
+    """One training run of `tool` (mmtool with `views` cached views per image), timed and memory-sampled."""
+    label = f"mmtool_v{views}" if tool == "mmtool" else tool
+    out = work / f"{label}_g{args.unlocked_groups}_r{index}_{int(time.time())}"
     steps_per_epoch = len(list(shards.glob("train-*.tar"))) * SHARD_SAMPLES // BATCH
     log_path = Path(f"{out}.log")
     started = time.perf_counter()
     if tool == "mmtool":
         shutil.rmtree(shards / "feature_cache", ignore_errors=True)  # every run starts with an empty cache
-        command = mmtool_command(shards, out, args.epochs, args.unlocked_groups, args.views, args.threads,
-                                 args.workers)
+        command = mmtool_command(shards, out, args.epochs, args.unlocked_groups, views, args.threads, args.workers)
         memory = run_monitored(command, args.threads, log_path)
         wall = time.perf_counter() - started
-        windows, checkpoint = mmtool_windows(out), out / "clip.pt"
+        windows = mmtool_windows(out)
     else:
         memory = run_monitored(open_clip_command(shards, oc_dir, out, args.epochs, args.unlocked_groups,
                                                  args.workers), args.threads, log_path)
         wall = time.perf_counter() - started
         windows = open_clip_windows(log_path.read_text(), steps_per_epoch)
-        checkpoint = out / "clip_from_open_clip.pt"
     per_epoch = epoch_seconds(windows, steps_per_epoch, args.epochs)
-    row = {"tool": tool, "round": index, "wall_s": round(wall, 1),
+    row = {"tool": label if tool == "open_clip" else f"mmtool, {views} views", "round": index, "wall_s": round(wall, 1),
            "epoch_s": " / ".join(f"{s:.0f}" for s in per_epoch),
            "samples_per_s": round(args.epochs * steps_per_epoch * BATCH / sum(per_epoch), 1),
            "later_epochs_samples_per_s": round((args.epochs - 1) * steps_per_epoch * BATCH / sum(per_epoch[1:]), 1),
@@ -286,7 +286,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8, help="epochs of 80 steps (10 x 1,024 drawings / 128)")
     parser.add_argument("--unlocked-groups", type=int, default=0, choices=sorted(MMTOOL_UNLOCKED),
                         help="0: both towers locked; 3: EfficientNet-Lite0's blocks 14-15 and head conv learn")
-    parser.add_argument("--views", type=int, default=8, help="mmtool's cached augmented views per image")
+    parser.add_argument("--views", type=int, nargs="+", default=[8],
+                        help="mmtool's cached augmented views per image: one mmtool run per value each round")
     parser.add_argument("--rounds", type=int, default=1, help="alternating mmtool / open_clip rounds")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the training process")
     parser.add_argument("--workers", type=int, default=2, help="loader worker processes")
@@ -312,24 +313,25 @@ def main() -> None:
     print(f"open_clip model: {write_open_clip_folder(oc_dir)}", flush=True)
     rows = []
     for index in range(args.rounds):
-        for tool in ("mmtool", "open_clip"):
-            rows.append(run_round(tool, index, args, shards, oc_dir, work))
-            if tool == "open_clip":
-                out = Path(rows[-1]["out"])
-                template = Path(rows[-2]["out"]) / "clip.pt"
+        for tool, views in [("mmtool", v) for v in args.views] + [("open_clip", None)]:
+            rows.append(run_round(tool, views, index, args, shards, oc_dir, work))
+            out = Path(rows[-1]["out"])
+            if tool == "open_clip":  # the round's first mmtool checkpoint gives the config and locked weights
+                template = Path(rows[-1 - len(args.views)]["out"]) / "clip.pt"
                 checkpoint = open_clip_as_mmtool(template, out / "checkpoints" / f"epoch_{args.epochs}.pt",
                                                  out / "clip_from_open_clip.pt")
             else:
-                checkpoint = Path(rows[-1]["out"]) / "clip.pt"
+                checkpoint = out / "clip.pt"
             for name, scores in evaluate(checkpoint).items():
                 rows[-1][f"{name} i2t/t2i R@1"] = f"{scores['image_to_text_R@1']} / {scores['text_to_image_R@1']}"
     rates = {tool: statistics.mean(r["samples_per_s"] for r in rows if r["tool"] == tool)
-             for tool in ("mmtool", "open_clip")}
-    print(f"\nunlocked groups {args.unlocked_groups}, mmtool views {args.views}, {args.epochs} epochs x "
+             for tool in dict.fromkeys(r["tool"] for r in rows)}
+    for row in rows:
+        row["vs_open_clip"] = f"{rates[row['tool']] / rates['open_clip']:.2f}" if row["round"] == 0 else ""
+    print(f"\nunlocked groups {args.unlocked_groups}, {args.epochs} epochs x "
           f"{len(list(shards.glob('train-*.tar'))) * SHARD_SAMPLES // BATCH} steps x {BATCH}, threads {args.threads}, "
-          f"workers {args.workers}; mmtool / open_clip samples/s over the run: "
-          f"{rates['mmtool'] / rates['open_clip']:.2f}")
-    print_table(["tool", "round", "wall_s", "epoch_s", "samples_per_s", "later_epochs_samples_per_s",
+          f"workers {args.workers}; vs_open_clip: samples/s over the run, mean of the rounds")
+    print_table(["tool", "round", "wall_s", "epoch_s", "samples_per_s", "vs_open_clip", "later_epochs_samples_per_s",
                  *[f"{name} i2t/t2i R@1" for name in EVAL_SETS], "peak_rss_GiB", "peak_tree_pss_GiB"], rows)
 
 
