@@ -2,7 +2,7 @@
 projections learning; same data, batch, epochs, optimizer and seed. Samples/s, wall time per epoch, held-out R@1.
 
     bash bench/setup_open_clip.sh                     # once: open_clip's own venv under bench/.venv-open-clip
-    flock /tmp/mmtool-cpu.lock .venv/bin/python bench/lit_vs_open_clip.py --epochs 8          # both towers locked
+    flock /tmp/mmtool-cpu.lock .venv/bin/python bench/lit_vs_open_clip.py --views 8 1         # both towers locked
     flock /tmp/mmtool-cpu.lock .venv/bin/python bench/lit_vs_open_clip.py --unlocked-groups 3  # + blocks 14-15, head
     .venv/bin/python bench/lit_vs_open_clip.py --smoke  # every path, 2 short epochs on 2,048 samples
 
@@ -17,8 +17,8 @@ mmtool caches what is locked (stage1_clip/feature_cache.py): MiniLM's caption em
 for `--views` fixed augmented views per image (several values: one mmtool run each).
 
 Data: the main job's four training styles (--data: data/emoji5/train-*.tar) as web-style shards both tools read as
-they are: flattened on white, JPEG at 128 px, one caption each, 10 shards of 1,024 (so each of 2 loader workers holds
-whole batches and an epoch is 80 steps on both sides). Augmentation: random-resized crop, scale (0.9, 1.0), bicubic
+they are: flattened on white, JPEG at 128 px, one caption each, 8 shards of 1,024 (so each of 2 loader workers holds
+whole batches and an epoch is 64 steps on both sides). Augmentation: random-resized crop, scale (0.9, 1.0), bicubic
 (open_clip's default; mmtool set to it, its style augmentations off). bf16 autocast over fp32 weights; torch AdamW,
 lr 5e-4, betas 0.9/0.98, eps 1e-6, weight decay 0.2, clipping 1.0, 100 warm-up steps then cosine. Runs alternate
 mmtool, open_clip, ... for --rounds.
@@ -283,7 +283,7 @@ def run_round(tool: str, views: int | None, index: int, args, shards: Path, oc_d
 def main() -> None:
     global DATA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of 80 steps (10 x 1,024 drawings / 128)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs of 64 steps (8 x 1,024 drawings / 128)")
     parser.add_argument("--unlocked-groups", type=int, default=0, choices=sorted(MMTOOL_UNLOCKED),
                         help="0: both towers locked; 3: EfficientNet-Lite0's blocks 14-15 and head conv learn")
     parser.add_argument("--views", type=int, nargs="+", default=[8],
@@ -308,7 +308,7 @@ def main() -> None:
         args.epochs, args.rounds = 2, 1
         OPTIM["warmup"] = 5
     work = ROOT / args.work
-    shards = prepare_shards(work, 2 if args.smoke else 10)
+    shards = prepare_shards(work, 2 if args.smoke else 8)
     oc_dir = work / "open_clip_model"
     print(f"open_clip model: {write_open_clip_folder(oc_dir)}", flush=True)
     rows = []
