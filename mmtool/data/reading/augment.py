@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 WHITE = (255, 255, 255)
 POSTERIZE_BITS = (2, 3, 4)  # bits kept per channel: 4, 8 or 16 levels
-CONTOUR_WIDTHS = (1, 2)  # 1: the edge pixels alone; 2: grown by a 3x3 maximum filter (at the output size)
+CONTOUR_WIDTHS = (1, 2)  # 1: the edge pixels alone (1 px); 2: grown by a 3x3 maximum filter (3 px)
 CONTOUR_EDGE = 48  # luminance edge strength (0-255, after FIND_EDGES) that becomes a line
 
 
@@ -26,7 +26,7 @@ class StyleAugment:
     grayscale: float = 0.0  # p of dropping colour
     posterize: float = 0.0  # p of keeping only 2-4 bits per channel (flat colour areas, as in flat emoji styles)
     outline: float = 0.0  # p of edge-only rendering: dark outlines on white, the drawing's colours gone
-    # p of dark contour lines (1-2 px, grey 0-63) drawn over the coloured drawing: outlined flat art, e.g. OpenMoji
+    # p of dark contour lines (1 or 3 px, grey 0-63) drawn over the coloured drawing: outlined flat art (OpenMoji)
     contour: float = 0.0
     stroke: float = 0.0  # p of every dark stroke made one pixel thicker or thinner (a grey-level min / max filter)
     # Extra phrasings filled from the sample's json fields, e.g. "a drawing of {name}", "{name}: {keywords}"; a
@@ -93,7 +93,7 @@ def outline(img: Image.Image) -> Image.Image:
 
 def contour(img: Image.Image, width: int, shade: int) -> Image.Image:
     """The drawing with its luminance edges (silhouette and colour boundaries) painted as lines of grey `shade`,
-    grown to about `width` pixels; the fills stay."""
+    grown by a (2 width - 1) square maximum filter; the fills stay."""
     lines = luminance_edges(img).point(lambda v: 255 if v >= CONTOUR_EDGE else 0)
     if width > 1:
         lines = lines.filter(ImageFilter.MaxFilter(2 * width - 1))
