@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -193,8 +194,6 @@ def mmtool_windows(out: Path) -> list[tuple[int, float]]:
 def open_clip_windows(log_text: str, steps_per_epoch: int) -> list[tuple[int, float]]:
     """(last step, seconds) of each logging window: open_clip logs the epoch, the samples seen in it and the mean
     step time over the window."""
-    import re
-
     pattern = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/\d+ .*?Batch \(t\): ([\d.]+),")
     windows, previous = [], 0
     for epoch, samples, seconds in pattern.findall(log_text):
