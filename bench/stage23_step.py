@@ -3,7 +3,8 @@
 Times one optimizer step split into its parts (image tower forward, projector, LLM forward with the answer loss,
 backward, AdamW) on real batches: the caption shards for stage 2, instruction conversations for stage 3 (built
 from the first shard when --conversations is not given). bf16 autocast over fp32 weights and a torch AdamW, as
-configs/deepspeed/zero2_bf16.json trains (DeepSpeed itself adds no compute on one rank).
+configs/deepspeed/zero2_bf16.json trains (DeepSpeed itself adds no compute on one rank); `--precision fp32` as it
+trains where bf16 is emulated (mmtool/cpu_features.py).
 
 Layouts, run in turn on the same batches: `before` (commit 6f6a092: right-padded rows, the output layer on every
 position), `padded` (only positions that predict an answer token reach the output layer), `packed` (a micro-batch
@@ -99,9 +100,9 @@ def full_logits_loss(model, embeds: torch.Tensor, batch: dict) -> torch.Tensor:
                            reduction="sum") / (targets != IGNORE_INDEX).sum()
 
 
-def timed_step(model, optimizer, batch: dict, features, all_logits: bool = False) -> Clock:
+def timed_step(model, optimizer, batch: dict, features, all_logits: bool = False, bf16: bool = True) -> Clock:
     """One step in parts; `features` [B, N, C] skips the tower (cached), None runs it on the batch's pixels;
-    `all_logits` computes the loss as before."""
+    `all_logits` computes the loss as before; `bf16`: under bf16 autocast, else fp32."""
     clock = Clock()
 
     def tower():
@@ -120,7 +121,7 @@ def timed_step(model, optimizer, batch: dict, features, all_logits: bool = False
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         tower_features = clock.part("tower", tower)
         image_embeds = clock.part("projector", lambda: model.projector(tower_features.float()))  # [B, N, D]
         loss = clock.part("llm_forward", lambda: llm_forward(image_embeds))
@@ -169,9 +170,9 @@ def to_packed(batch: dict, image_token_id: int) -> dict:
             "sample_tokens": batch["sample_tokens"]}
 
 
-def measure(stage: str, model, batches: list[dict], warmup: int) -> list[dict]:
+def measure(stage: str, model, batches: list[dict], warmup: int, bf16: bool = True) -> list[dict]:
     """The three layouts in turn on the same batches, step by step, so load from other jobs hits them alike."""
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         cached = [model.vision(b["pixel_values"]) for b in batches]  # [B, N, C] each
     packed = [to_packed(b, model.image_token_id) for b in batches]
     live = [None] * len(batches)
@@ -182,14 +183,14 @@ def measure(stage: str, model, batches: list[dict], warmup: int) -> list[dict]:
     clocks = {name: [] for name in layouts}
     for index in range(len(batches)):
         for name, (layout, features, all_logits) in layouts.items():
-            clock = timed_step(model, optimizer, layout[index], features[index], all_logits)
+            clock = timed_step(model, optimizer, layout[index], features[index], all_logits, bf16)
             if index >= warmup:
                 clocks[name].append(clock)
     samples = batches[0]["input_ids"].shape[0]
     results = []
     for name, (layout, _, _) in layouts.items():
         stats = [token_stats(b, b["template"], b["sample_tokens"]) for b in layout[warmup:]]
-        result = {"stage": stage, "layout": name, "steps": len(clocks[name])}
+        result = {"stage": stage, "layout": name, "steps": len(clocks[name]), "precision": "bf16" if bf16 else "fp32"}
         result.update({part: statistics.median(c.cpu[part] for c in clocks[name]) for part in PARTS})
         result["cpu_s"] = sum(result[part] for part in PARTS)
         result["wall_s"] = statistics.median(sum(c.wall.values()) for c in clocks[name])
@@ -208,7 +209,7 @@ def print_table(results: list[dict]) -> None:
           "| samples / CPU s | tokens run | padding | template share |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['stage']} | {r['layout']} | {r['tower']:.3f} | {r['projector']:.3f} | {r['llm_forward']:.2f} "
+        print(f"| {r['stage']}, {r['precision']} | {r['layout']} | {r['tower']:.3f} | {r['projector']:.3f} | {r['llm_forward']:.2f} "
               f"| {r['backward']:.2f} | {r['optimizer']:.3f} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} "
               f"| {r['samples_per_cpu_s']:.2f} | {r['tokens']:.0f} | {r['padding']:.0%} | {r['template']:.0%} |")
 
@@ -224,6 +225,8 @@ def main() -> None:
     parser.add_argument("--stages", default="2,3")
     parser.add_argument("--lora-dropout", type=float, default=LoraSettings.dropout,
                         help="stage 3's LoRA dropout (the recipe's default: 0; 0.05 before session 10)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="bf16 autocast (the bf16 configs) or fp32 (what they fall back to where bf16 is emulated)")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
@@ -246,14 +249,14 @@ def run(args, work: Path) -> list[dict]:
         bundle.model.vision.requires_grad_(False)
         bundle.model.train()
         results += measure("align (batch 16)", bundle.model, stage2_batches(bundle, args.shards, 16, count, cfg),
-                           args.warmup)
+                           args.warmup, args.precision == "bf16")
     if "3" in args.stages.split(","):
         conversations = Path(args.conversations) if args.conversations else build_conversations(args.shards, work)
         batches = stage3_batches(bundle, conversations, 8, count)
         add_lora(bundle, LoraSettings(dropout=args.lora_dropout))
         bundle.model.vision.requires_grad_(False)
         bundle.model.train()
-        results += measure("finetune (batch 8)", bundle.model, batches, args.warmup)
+        results += measure("finetune (batch 8)", bundle.model, batches, args.warmup, args.precision == "bf16")
     return results
 
 

@@ -7,7 +7,7 @@ import torch
 
 from mmtool import distributed
 from mmtool.checkpoint import atomic_write
-from mmtool.cpu_features import check_precision
+from mmtool.cpu_features import check_precision, without_emulated_bf16
 from mmtool.errors import MmtoolError
 from mmtool.nonfinite import HoldableAdamW, HoldableSchedule, any_rank
 from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
@@ -47,7 +47,7 @@ def load_deepspeed_config(path: str | Path) -> dict:
     except json.JSONDecodeError as err:
         raise MmtoolError(f"{path}: invalid JSON ({err})") from None
     check_precision(config, str(path))
-    return config
+    return without_emulated_bf16(config, str(path))
 
 
 class TrainEngine:

@@ -9,7 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from mmtool.cpu_features import REPORTED_FLAGS, accelerator_name, cpu_flags, cpu_model, fp16_supported  # noqa: E402
+from mmtool.cpu_features import (REPORTED_FLAGS, accelerator_name, bf16_native, cpu_flags, cpu_model,  # noqa: E402
+                                 fp16_supported)
 
 # What each answer switches in the suite.
 FP16_TESTS = {True: "tests/stage1_clip/test_train_variants.py::test_fp16_with_dynamic_loss_scaling runs; "
@@ -26,7 +27,10 @@ def main() -> None:
     print(f"fp16 training (DeepSpeed's answer): {'yes' if fp16 else 'no'} -> {FP16_TESTS[fp16]}")
     print("bf16 matmuls: " + ("AMX tiles (fast)" if "amx_bf16" in flags else
                                "avx512_bf16 (slower, other rounding)" if "avx512_bf16" in flags else
-                               "emulated (slow)") + " -> learning tests assert with margins measured across seeds and precisions")
+                               "oneDNN kernels" if bf16_native() else
+                               "emulated (about 100x slower than fp32) -> bf16 configs train in fp32, "
+                               "tests that check bf16 itself set MMTOOL_SLOW_BF16=1")
+          + "; learning tests assert with margins measured across seeds and precisions")
 
 
 if __name__ == "__main__":

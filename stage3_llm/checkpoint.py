@@ -16,7 +16,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 from mmtool.checkpoint import file_sha256, save_model
 from mmtool.errors import MmtoolError
-from mmtool.precision import dtype_of
+from mmtool.precision import answering_precision, dtype_of
 from stage2_projector.checkpoint import KIND, SAVED_PREFIXES, VlmBundle, load_vlm, resolve_model_file
 from stage3_llm.config import LoraSettings
 
@@ -62,7 +62,7 @@ def load_for_answering(path: str | Path, llm=None, precision: str = "bf16") -> V
 def ready_to_answer(bundle: VlmBundle, precision: str = "bf16") -> None:
     """LoRA folded into the LLM (fewer matmuls per token) and the LLM cast to `precision` (mmtool/precision.py). The
     tower, projector and tower tags stay float32: the image tokens and tag lines are the same at either precision."""
-    bundle.model.llm = merged_llm(bundle).to(dtype_of(precision))
+    bundle.model.llm = merged_llm(bundle).to(dtype_of(answering_precision(precision)))
 
 
 def save_finetuned(out: Path, record: dict, state_dict: dict[str, torch.Tensor], llm, lora: bool) -> None:

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtool.checkpoint import file_sha256, load_model
-from mmtool.precision import dtype_of
+from mmtool.precision import answering_precision, dtype_of
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.blind import BLIND_IMAGES
 from stage3_llm.checkpoint import load_for_answering
@@ -50,7 +50,7 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
               "settings": {"model": str(model), "data": str(data), "conversations_in_file": len(in_file),
                            "per_task": options.per_task, "seed": options.seed, "limit": options.limit,
                            "max_new_tokens": options.max_new_tokens, "batch_size": options.batch_size,
-                           "precision": options.precision},
+                           "precision": answering_precision(options.precision)},
               "baselines": {"majority": "the share of the task's commonest reference (exact match)",
                             "blind": blind_description(options), "tower": None}}
     if clip is not None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmtool.cpu_features import KEEP_SLOW_BF16
 from mmtool.optim import ParamGroupRule
 from stage2_projector.checkpoint import build_vlm
 from stage2_projector.config import AlignConfig, ModelConfig, TrainConfig
@@ -69,7 +70,8 @@ def test_cached_features_give_the_live_loss(bundle, tmp_path):
     assert reopened.folder == cache.folder and reopened.entries == 3  # the size is read back from disk
 
 
-def test_a_changed_tower_layer_grid_resolution_or_precision_uses_another_folder(bundle, tmp_path):
+def test_a_changed_tower_layer_grid_resolution_or_precision_uses_another_folder(bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv(KEEP_SLOW_BF16, "1")  # the bf16 config keeps bf16 on every CPU
     model, record, train = bundle.model, bundle.record, TrainConfig()
     folder = open_feature_cache(model, record, "auto", tmp_path, train).folder
     other_layer = {**record, "vision": {**record["vision"], "feature_layer": -1}}

@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmtool.cpu_features import KEEP_SLOW_BF16
 from mmtool.errors import MmtoolError
 from stage2_projector.checkpoint import load_vlm
 from stage3_llm.checkpoint import ready_to_answer
@@ -55,7 +56,8 @@ def test_streamed_greedy_generation_equals_a_naive_loop_and_the_cli(tmp_path):
     assert missing.returncode == 2 and "nope.png: file not found" in missing.stderr
 
 
-def test_bf16_answering_keeps_the_tower_in_fp32_and_the_logits_within_bf16_rounding(tmp_path):
+def test_bf16_answering_keeps_the_tower_in_fp32_and_the_logits_within_bf16_rounding(tmp_path, monkeypatch):
+    monkeypatch.setenv(KEEP_SLOW_BF16, "1")  # bf16 on every CPU, emulated or not
     bundle = load_vlm(save_tiny_vlm(tmp_path))
     image = bundle.preprocess(_png((30, 160, 60)))
     ids = torch.tensor([prompt_ids(bundle.tokenizer, "What is shown?", bundle.num_image_tokens)])  # [1, T]
