@@ -69,8 +69,8 @@ def check_precision(ds_config: dict, source: str) -> None:
 
 
 def bf16_native() -> bool:
-    """Whether bf16 matmuls and convolutions have native kernels here: a CUDA device, or a CPU oneDNN has bf16
-    kernels for (avx512_bf16 or AMX)."""
+    """Whether bf16 matmuls and convolutions have real kernels here: a CUDA device, or a CPU with AVX-512, for which
+    oneDNN has bf16 kernels (native instructions with avx512_bf16 or AMX)."""
     return torch.cuda.is_available() or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -80,8 +80,8 @@ def bf16_to_fp32() -> bool:
 
 
 def fp32_notice(what: str) -> str:
-    return (f"note: {what} in fp32 here: bf16 has no native kernels on this CPU ({cpu_model()}: no avx512_bf16 or "
-            f"AMX) and is emulated about 100x slower than fp32; {KEEP_SLOW_BF16}=1 keeps bf16")
+    return (f"note: {what} in fp32 here: bf16 has no oneDNN kernels on this CPU ({cpu_model()}: no AVX-512) and is "
+            f"emulated about 100x slower than fp32; {KEEP_SLOW_BF16}=1 keeps bf16")
 
 
 def tell_once(source: str, message: str) -> None:

@@ -78,8 +78,8 @@ def test_a_bf16_config_trains_in_fp32_where_bf16_is_emulated_and_says_so_once(em
     assert config["zero_optimization"] == json.loads(Path(path).read_text())["zero_optimization"]
     load_deepspeed_config(path)
     told = capsys.readouterr().err.splitlines()
-    assert told == [f"note: {path} trains in fp32 here: bf16 has no native kernels on this CPU (AMD EPYC: no "
-                    "avx512_bf16 or AMX) and is emulated about 100x slower than fp32; MMTOOL_SLOW_BF16=1 keeps bf16"]
+    assert told == [f"note: {path} trains in fp32 here: bf16 has no oneDNN kernels on this CPU (AMD EPYC: no "
+                    "AVX-512) and is emulated about 100x slower than fp32; MMTOOL_SLOW_BF16=1 keeps bf16"]
 
 
 def test_bf16_stays_where_it_is_native_or_asked_for(emulated_bf16, monkeypatch, capsys):
