@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from mmtool.deepspeed_import import import_deepspeed
 from mmtool.errors import MmtoolError
 
 # Flags from /proc/cpuinfo that decide bf16 / fp16 matmul support and speed in oneDNN.
@@ -42,6 +43,7 @@ def cpu_model() -> str:
 
 
 def accelerator_name() -> str:
+    import_deepspeed()
     from deepspeed.accelerator import get_accelerator
 
     return get_accelerator().device_name()
@@ -49,6 +51,7 @@ def accelerator_name() -> str:
 
 def fp16_supported() -> bool:
     """DeepSpeed's own answer (on CPU: oneDNN has native fp16 kernels, i.e. avx512_fp16 or AMX-FP16)."""
+    import_deepspeed()
     from deepspeed.accelerator import get_accelerator
 
     return bool(get_accelerator().is_fp16_supported())

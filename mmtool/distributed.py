@@ -5,6 +5,8 @@ import socket
 
 import torch
 
+from mmtool.deepspeed_import import import_deepspeed
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -18,7 +20,7 @@ def init_distributed() -> None:
     A plain `python`/`mmtool` run has none of the launcher's variables; without all of
     them DeepSpeed falls back to MPI discovery and fails, so a single process gets defaults.
     """
-    import deepspeed  # heavy import: only when a run actually starts
+    deepspeed = import_deepspeed()  # heavy import: only when a run actually starts
 
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")

@@ -8,6 +8,7 @@ import torch
 from mmtool import distributed
 from mmtool.checkpoint import atomic_write
 from mmtool.cpu_features import check_precision, without_emulated_bf16
+from mmtool.deepspeed_import import import_deepspeed
 from mmtool.errors import MmtoolError
 from mmtool.nonfinite import HoldableAdamW, HoldableSchedule, any_rank
 from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
@@ -57,7 +58,7 @@ class TrainEngine:
     def __init__(self, model: torch.nn.Module, ds_config_path: str | Path, micro_batch_size: int,
                  optim: OptimSettings, accum_steps: int = 1, load_universal: bool = False):
         """load_universal: the state to resume from is a universal checkpoint (mmtool/world_resize.py)."""
-        import deepspeed
+        deepspeed = import_deepspeed()
 
         distributed.init_distributed()
         ds_config = load_deepspeed_config(ds_config_path)

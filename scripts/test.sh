@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test suite (CPU only, about 7 minutes on 2 cores).
+# The test suite (CPU only; 7-17 minutes on 2 cores by machine: README, "Time").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
