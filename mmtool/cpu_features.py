@@ -42,19 +42,20 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def accelerator_name() -> str:
+def _accelerator():
     import_deepspeed()
     from deepspeed.accelerator import get_accelerator
 
-    return get_accelerator().device_name()
+    return get_accelerator()
+
+
+def accelerator_name() -> str:
+    return _accelerator().device_name()
 
 
 def fp16_supported() -> bool:
     """DeepSpeed's own answer (on CPU: oneDNN has native fp16 kernels, i.e. avx512_fp16 or AMX-FP16)."""
-    import_deepspeed()
-    from deepspeed.accelerator import get_accelerator
-
-    return bool(get_accelerator().is_fp16_supported())
+    return bool(_accelerator().is_fp16_supported())
 
 
 def fp16_missing_reason() -> str:

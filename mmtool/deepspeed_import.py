@@ -19,5 +19,5 @@ def import_deepspeed() -> ModuleType:
     try:
         return importlib.import_module("deepspeed")
     finally:
-        if block_probe and "mlflow" in sys.modules and sys.modules["mlflow"] is None:
-            del sys.modules["mlflow"]
+        if block_probe:
+            sys.modules.pop("mlflow", None)  # only the None entry can be there: it blocks any real import
