@@ -6,8 +6,14 @@ Where: $MMTOOL_CACHE, else $XDG_CACHE_HOME/mmtool, else ~/.cache/mmtool; one `gg
 per GGUF file content, so a changed file is converted again. The folder is written beside its final name and
 renamed into place: it appears whole or not at all, and when another process finished first its copy is kept.
 A cache that cannot be written costs only the time (a one-line note on stderr).
+
+The conversion itself reads the file once: transformers parses the GGUF metadata for the tokenizer, the config and
+the weights in turn and rebuilds gguf's tensor-name table for each of the model's ~400 modules; both are read-only
+and depend only on their arguments, so one conversion shares them (bench/gguf_conversion.py).
 """
+import contextlib
 import copy
+import functools
 import os
 import shutil
 import sys
@@ -38,14 +44,28 @@ def load_gguf(folder: str, gguf_file: str, dtype: torch.dtype):
     if (converted / "config.json").is_file():
         return (AutoTokenizer.from_pretrained(converted),
                 AutoModelForCausalLM.from_pretrained(converted, dtype=dtype))
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    with gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     try:
         save_converted(converted, tokenizer, model)
     except OSError as err:
         print(f"note: could not keep the converted {gguf_file} in {converted} ({err.strerror or err}); "
               "the next load converts it again", file=sys.stderr)
     return tokenizer, model.to(dtype)
+
+
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """Within the block, gguf's file reader and tensor-name table are built once per distinct argument."""
+    import gguf  # transformers imports both names from the gguf module at each call, so the swap reaches it
+
+    reader, name_table = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader, gguf.get_tensor_name_map = functools.cache(reader), functools.cache(name_table)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_table
 
 
 def save_converted(converted: Path, tokenizer, model) -> None:

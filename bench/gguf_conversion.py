@@ -1,0 +1,51 @@
+"""The one-time GGUF conversion of the bundled SmolLM2-135M (stage2_projector/gguf_cache.py): transformers' three
+parses of the file (tokenizer, config, weights) against mmtool's shared one (`gguf_parsed_once`).
+
+    .venv/bin/python bench/gguf_conversion.py --repeats 3
+
+Each repeat is a new Python process converting into an empty cache folder (transformers and gguf imported first,
+outside the timed part); the table gives the wall time of `load_gguf` in seconds. The two ways alternate, so a
+busy machine slows both alike.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+WAYS = {"three parses": "contextlib.nullcontext", "one shared parse": "gguf_cache.gguf_parsed_once"}
+CHILD = """
+import contextlib, time, torch, transformers, gguf
+from stage2_projector import gguf_cache
+from stage2_projector.llm import resolve_llm
+gguf_cache.gguf_parsed_once = {context}
+source = resolve_llm("llama")
+start = time.perf_counter()
+gguf_cache.load_gguf(source.path, source.gguf_file, torch.float32)
+print(time.perf_counter() - start)
+"""
+
+
+def timed_conversion(context: str) -> float:
+    with tempfile.TemporaryDirectory() as cache:
+        result = subprocess.run([sys.executable, "-c", CHILD.format(context=context)], capture_output=True,
+                                text=True, check=True, env={**os.environ, "MMTOOL_CACHE": cache})
+    return float(result.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    seconds = {way: [] for way in WAYS}
+    for _ in range(args.repeats):
+        for way, context in WAYS.items():
+            seconds[way].append(timed_conversion(context))
+    print(f"{'conversion':<20}{'median s':>10}{'min s':>8}{'max s':>8}")
+    for way, values in seconds.items():
+        print(f"{way:<20}{statistics.median(values):>10.2f}{min(values):>8.2f}{max(values):>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
