@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from jpeg_shards import read_samples, to_jpeg, write_shard
-from vs_open_clip import print_table, run_monitored
+from run_monitor import print_table, run_monitored
 
 ROOT = Path(__file__).resolve().parent.parent
 MMTOOL_PY = ROOT / ".venv/bin/python"

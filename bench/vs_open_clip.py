@@ -30,7 +30,6 @@ for patch-dropout runs: their FLOPs are not the model's.
 """
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -38,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from gpu_figures import gpu_memory_used, gpu_name, measured_matmul_flops, mfu
+from gpu_figures import gpu_name, measured_matmul_flops, mfu
+from run_monitor import print_table, run_monitored
 
 ROOT = Path(__file__).resolve().parent.parent
 MMTOOL_PY = ROOT / ".venv/bin/python"
@@ -254,34 +254,6 @@ def open_clip_command(prep: dict, out: Path, steps: int, workers: int) -> list[s
             "--logs", str(out.parent), "--name", out.name, "--seed", "0", *(["--torchcompile"] if GPU else [])]
 
 
-def run_monitored(command: list[str], threads: int, log_path: Path) -> dict:
-    """Runs a training command; peak RSS of its main process and peak PSS of its process tree, in GiB."""
-    import psutil
-
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           **({} if GPU else {"DS_ACCELERATOR": "cpu"})}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    peak_rss = peak_pss = peak_gpu = 0
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-        main = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                tree = [main, *main.children(recursive=True)]
-                peak_rss = max(peak_rss, main.memory_info().rss)
-                peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in tree))
-            except psutil.Error:
-                pass  # a process ended between listing and reading
-            if GPU:
-                peak_gpu = max(peak_gpu, gpu_memory_used())
-            time.sleep(0.5)
-    if proc.returncode:
-        sys.exit(f"{command[0]} failed (exit {proc.returncode}); log: {log_path}\n{log_path.read_text()[-3000:]}")
-    return {"peak_rss_GiB": round(peak_rss / 2**30, 2), "peak_tree_pss_GiB": round(peak_pss / 2**30, 2),
-            **({"peak_gpu_GiB": round(peak_gpu / 2**30, 1)} if GPU else {})}
-
-
 def rate_after_warmup(windows: list[tuple[int, int, float]], warmup: int) -> float:
     """windows: (first step, last step, seconds per step averaged over the window); steps counted from 1."""
     kept = [(last - first + 1, sec) for first, last, sec in windows if first > warmup]
@@ -321,10 +293,10 @@ def train_both(prep: dict, work: Path, args) -> list[dict]:
             log_path = Path(f"{out}.log")
             if tool == "mmtool":
                 memory = run_monitored(mmtool_command(prep, out, total, args.threads, args.workers), args.threads,
-                                       log_path)
+                                       log_path, GPU)
                 windows = mmtool_windows(out, prep["batch"])
             else:
-                memory = run_monitored(open_clip_command(prep, out, total, args.workers), args.threads, log_path)
+                memory = run_monitored(open_clip_command(prep, out, total, args.workers), args.threads, log_path, GPU)
                 windows = open_clip_windows(log_path.read_text(), prep["batch"])
             rate = rate_after_warmup(windows, args.warmup) * prep["batch"]
             rows[tool].append({"samples_per_s": rate, **memory})
@@ -338,13 +310,6 @@ def train_both(prep: dict, work: Path, args) -> list[dict]:
 
 
 # --- main ------------------------------------------------------------------------------------------------------
-
-def print_table(header: list[str], rows: list[dict]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(row.get(h, "")) for h in header) + " |")
-
 
 def main() -> None:
     global SHARDS, MMTOOL_PY, OPEN_CLIP_PY, GPU, BATCH
