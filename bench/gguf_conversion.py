@@ -8,11 +8,10 @@ outside the timed part); the table gives the wall time of `load_gguf` in seconds
 busy machine slows both alike.
 """
 import argparse
-import os
-import statistics
-import subprocess
-import sys
+import functools
 import tempfile
+
+from alternating import print_medians, seconds_printed_by, time_alternating
 
 WAYS = {"three parses": "contextlib.nullcontext", "one shared parse": "gguf_cache.gguf_parsed_once"}
 CHILD = """
@@ -29,22 +28,16 @@ print(time.perf_counter() - start)
 
 def timed_conversion(context: str) -> float:
     with tempfile.TemporaryDirectory() as cache:
-        result = subprocess.run([sys.executable, "-c", CHILD.format(context=context)], capture_output=True,
-                                text=True, check=True, env={**os.environ, "MMTOOL_CACHE": cache})
-    return float(result.stdout.split()[-1])
+        return seconds_printed_by(CHILD.format(context=context), {"MMTOOL_CACHE": cache})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    seconds = {way: [] for way in WAYS}
-    for _ in range(args.repeats):
-        for way, context in WAYS.items():
-            seconds[way].append(timed_conversion(context))
-    print(f"{'conversion':<20}{'median s':>10}{'min s':>8}{'max s':>8}")
-    for way, values in seconds.items():
-        print(f"{way:<20}{statistics.median(values):>10.2f}{min(values):>8.2f}{max(values):>8.2f}")
+    seconds = time_alternating({way: functools.partial(timed_conversion, value) for way, value in WAYS.items()},
+                               args.repeats)
+    print_medians("conversion", seconds)
 
 
 if __name__ == "__main__":
