@@ -14,7 +14,7 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     # Off by default (peft's default too): one epoch sees each conversation once, and on CPU the dropout masks of
-    # 7 adapters x 30 layers cost a quarter of SmolLM2-135M's training step (docs/stage23_results.md, L1).
+    # 7 adapters x 30 layers cost a quarter of SmolLM2-135M's training step (docs/stage23_early_runs.md, L1).
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: [
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
