@@ -1,9 +1,12 @@
 """What a wandb offline run recorded: its history read back from the run's transaction log (run-ID.wandb).
 
 The log is LevelDB's log format (32 KiB blocks of chunks with a 7-byte header) after a 7-byte ":W&B" file header;
-each record is a wandb_internal.Record protobuf, the history rows among them."""
+each record is a wandb_internal.Record protobuf, the history rows among them. wandb's service process writes the
+log: the run's last history row and its exit record can land after `finish()` returns on a loaded machine, so the
+readers wait for the exit record (a bounded wait; a run that never writes it is read as it stands)."""
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK, HEADER = 32768, 7
@@ -21,6 +24,8 @@ def records(path: Path) -> list:
             position += BLOCK - position % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + HEADER])
+        if position + HEADER + length > len(data):
+            break  # a chunk still being written
         chunk = data[position + HEADER:position + HEADER + length]
         position += HEADER + length
         pending = chunk if kind in (FULL, FIRST) else pending + chunk
@@ -29,6 +34,16 @@ def records(path: Path) -> list:
             record.ParseFromString(pending)
             found.append(record)
     return found
+
+
+def finished_records(path: Path, timeout_s: float = 30.0) -> list:
+    """records(path) once the run's exit record is in the log, or as it stands after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def offline_logs(run_folder: Path) -> list[Path]:
@@ -45,7 +60,7 @@ def offline_history(run_folder: Path) -> dict[str, dict[int, float]]:
 def history(log: Path) -> dict[str, dict[int, float]]:
     """key -> step -> value of every history row in one transaction log."""
     found: dict[str, dict[int, float]] = {}
-    for record in records(log):
+    for record in finished_records(log):
         if record.WhichOneof("record_type") != "history":
             continue
         step = record.history.step.num
@@ -61,7 +76,7 @@ def offline_config(run_folder: Path) -> dict:
     """The run's config as recorded (the last value of each key)."""
     log, = offline_logs(run_folder)
     config = {}
-    for record in records(log):
+    for record in finished_records(log):
         kind = record.WhichOneof("record_type")
         updates = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
         for item in updates:
