@@ -2,8 +2,8 @@
 
 The log is LevelDB's log format (32 KiB blocks of chunks with a 7-byte header) after a 7-byte ":W&B" file header;
 each record is a wandb_internal.Record protobuf, the history rows among them. wandb's service process writes the
-log: the run's last history row and its exit record can land after `finish()` returns on a loaded machine, so the
-readers wait for the exit record (a bounded wait; a run that never writes it is read as it stands)."""
+log, its last history row just before the exit record; once, on a loaded machine, a log read right after `finish()`
+lacked that row, so the readers wait for the exit record (at most 30 s; a log without one is read as it stands)."""
 import json
 import struct
 import time
