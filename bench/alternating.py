@@ -15,8 +15,9 @@ def time_alternating(ways: dict[str, Callable[[], float]], repeats: int) -> dict
     return seconds
 
 
-def seconds_printed_by(code: str, env: dict[str, str] | None = None) -> float:
-    """Runs `code` in a new Python process (os.environ plus `env`) and returns the last number it prints."""
+def child_seconds(setup: str, timed: str, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of `timed` in a new Python process (os.environ plus `env`) that first runs `setup`, untimed."""
+    code = f"{setup}\nimport time\nstart = time.perf_counter()\n{timed}\nprint(time.perf_counter() - start)\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, **(env or {})})
     return float(result.stdout.split()[-1])

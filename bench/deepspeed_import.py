@@ -9,24 +9,18 @@ wall time of the timed import in seconds. The two ways alternate, so a busy mach
 import argparse
 import functools
 
-from alternating import print_medians, seconds_printed_by, time_alternating
+from alternating import child_seconds, print_medians, time_alternating
 
 WAYS = {"import deepspeed": "import deepspeed",
         "import_deepspeed()": "from mmtool.deepspeed_import import import_deepspeed; import_deepspeed()"}
-CHILD = """
-import time, torch
-start = time.perf_counter()
-{statement}
-print(time.perf_counter() - start)
-"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    seconds = time_alternating({way: functools.partial(seconds_printed_by, CHILD.format(statement=statement),
-                                                       {"DS_ACCELERATOR": "cpu"})
+    env = {"DS_ACCELERATOR": "cpu"}
+    seconds = time_alternating({way: functools.partial(child_seconds, "import torch", statement, env)
                                 for way, statement in WAYS.items()}, args.repeats)
     print_medians("way", seconds)
 

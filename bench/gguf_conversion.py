@@ -11,24 +11,22 @@ import argparse
 import functools
 import tempfile
 
-from alternating import print_medians, seconds_printed_by, time_alternating
+from alternating import child_seconds, print_medians, time_alternating
 
 WAYS = {"three parses": "contextlib.nullcontext", "one shared parse": "gguf_cache.gguf_parsed_once"}
-CHILD = """
-import contextlib, time, torch, transformers, gguf
+SETUP = """
+import contextlib, torch, transformers, gguf
 from stage2_projector import gguf_cache
 from stage2_projector.llm import resolve_llm
 gguf_cache.gguf_parsed_once = {context}
 source = resolve_llm("llama")
-start = time.perf_counter()
-gguf_cache.load_gguf(source.path, source.gguf_file, torch.float32)
-print(time.perf_counter() - start)
 """
+TIMED = "gguf_cache.load_gguf(source.path, source.gguf_file, torch.float32)"
 
 
 def timed_conversion(context: str) -> float:
     with tempfile.TemporaryDirectory() as cache:
-        return seconds_printed_by(CHILD.format(context=context), {"MMTOOL_CACHE": cache})
+        return child_seconds(SETUP.format(context=context), TIMED, {"MMTOOL_CACHE": cache})
 
 
 def main() -> None:
