@@ -37,7 +37,7 @@ def tiny_clip_checkpoint(emoji_shards, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """The bundled SmolLM2-135M-Instruct with the `<image>` token added, loaded once (~15 s on 2 cores when converted).
+    """The bundled SmolLM2-135M-Instruct with the `<image>` token added, loaded once (~7 s to convert on 2 idle cores).
     Shared: do not modify it in place (deep-copy the model before wrapping or training its weights)."""
     from stage2_projector.llm import load_llm
 
