@@ -22,7 +22,7 @@ def test_a_changed_file_gets_another_folder(tmp_path, monkeypatch):
     assert first.parent == tmp_path / "cache" / "gguf" and first.name.startswith("model-")
 
 
-def test_parsed_once_shares_within_the_block_and_restores_after(tmp_path):
+def test_parsed_once_shares_within_the_block_and_restores_after():
     reader, name_table = gguf.GGUFReader, gguf.get_tensor_name_map
     llama = gguf.MODEL_ARCH.LLAMA
     with pytest.raises(RuntimeError), gguf_parsed_once():
