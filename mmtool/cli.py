@@ -164,6 +164,9 @@ def eval_llava(
                                                                "instead of the path in the model's record")] = None,
     any_clip: Annotated[bool, typer.Option("--any-clip", help="Accept a --clip file whose sha256 differs from the "
                                                               "record")] = False,
+    tag_set_names: Annotated[bool, typer.Option(help="Add the file's own names and groups (the tower baseline's "
+                                                      "candidates) to the model's tag vocabulary, so a concept "
+                                                      "never trained on can be tagged")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--out-json", help="Also write scores and answers here (JSON)")]
     = None,
     precision: PrecisionOption = "bf16",
@@ -181,7 +184,7 @@ def eval_llava(
     options = EvalOptions(per_task=per_task or None, seed=seed, limit=limit, max_new_tokens=max_new_tokens,
                           batch_size=batch_size, blind=parse_blind(blind), tower=tower,
                           vision=one_of(clip, vision, "--clip"), any_vision=any_clip or any_vision,
-                          precision=precision)
+                          precision=precision, tag_set_names=tag_set_names)
     report = run_eval(model, data, image_folder, options)
     print(report["table"])
     if json_out:
@@ -198,11 +201,15 @@ def chat(
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy decoding")] = 0.0,
     precision: PrecisionOption = "bf16",
+    tag_names: Annotated[Optional[Path], typer.Option(help="A text file of names, one per line, added to the model's "
+                                                           "tag vocabulary (embedded by its CLIP tower), so the tags "
+                                                           "can name concepts it never trained on")] = None,
 ):
     """Answer a question about an image, streaming the answer."""
     from mmtool.data.reading.images import BadSample, load_image
     from stage3_llm.checkpoint import load_for_answering
     from stage3_llm.generate import generate
+    from stage3_llm.tower import extended_tags, load_tower, read_names
 
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
@@ -210,7 +217,13 @@ def chat(
         load_image(image.read_bytes())  # refused before the model loads
     except BadSample as err:
         raise MmtoolError(f"--image {image}: {err}") from None
+    names = read_names(tag_names) if tag_names else []  # refused before the model loads
     bundle = load_for_answering(model, llm, precision)
+    if names:
+        if bundle.model.tower_tags is None:
+            raise MmtoolError(f"--tag-names: {model} has no tower tags to add names to (model.tower_tags)")
+        clip = load_tower(bundle.record, str(model), None, any_vision=False)
+        bundle.model.tower_tags = extended_tags(bundle.model.tower_tags, clip, names, [], {})
     generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,
              bundle.num_image_tokens, max_new_tokens, temperature,
              on_text=lambda text: print(text, end="", flush=True))

@@ -47,13 +47,15 @@ class VisionLanguageModel(nn.Module):
         """Pixels [B, 3, H, W] or tower features [B, N, C] -> [B, N, D_llm] image token embeddings."""
         return self.projector(self.image_features(images).to(self._projector_dtype()))  # [B, N, D_llm]
 
-    def tag_lines(self, images: torch.Tensor) -> list[str]:
-        """Pixels [B, 3, H, W] or features [B, N, C] -> each image's tower-tag line (stage2_projector/tower_tags.py)."""
+    def tag_lines(self, images: torch.Tensor, noise: float = 0.0,
+                  generator: torch.Generator | None = None) -> list[str]:
+        """Pixels [B, 3, H, W] or features [B, N, C] -> each image's tower-tag line (stage2_projector/tower_tags.py),
+        ranked from a noisy embedding when `noise` is set (training tags)."""
         was_training = self.vision.training
         self.vision.eval()  # tags are the tower's inference answer: no drop-connect, BatchNorm statistics kept
         with torch.no_grad():
             features = self.image_features(images.to(next(self.vision.parameters()).dtype))  # [B, N, C]
-            lines = self.tower_tags.lines(self.vision.joint_embeddings(features))
+            lines = self.tower_tags.lines(self.vision.joint_embeddings(features), noise, generator)
         self.vision.train(was_training)
         return lines
 

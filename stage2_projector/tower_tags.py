@@ -16,8 +16,15 @@ The vocabulary (names and groups) and its CLIP text embeddings are fixed when st
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
 line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols."
+
+Training tags can be drawn from a noisy embedding (`noise`, model.tower_tags.train_noise): on the trained styles the
+tower's first name is almost always right, on a new artist's drawings often second to fifth. Noise of standard
+deviation s on every coordinate adds noise of that deviation to each image-name cosine similarity (the names are
+unit vectors). Measured at Twemoji's own first-tag rate (s = 0.15), it moved the model's trust from the tags to its
+image tokens and lowered every held-out score (docs/stage23_style_shift.md, C2): the recipes leave it off.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stage1_clip.evaluate import probabilities_from_names
@@ -53,10 +60,14 @@ class TowerTags(nn.Module):
                    record.get("name_groups"), record.get("scale"))  # older records rank groups by prompts
 
     @torch.no_grad()
-    def lines(self, image_embeddings: torch.Tensor) -> list[str]:
+    def lines(self, image_embeddings: torch.Tensor, noise: float = 0.0,
+              generator: torch.Generator | None = None) -> list[str]:
         """[B, D] unit image embeddings -> one tag line per image: nearest names, then the best-scoring groups
-        (group_scores), best first."""
+        (group_scores), best first; ranked from unit(embedding + noise * N(0, 1)) when `noise` is set (module doc)."""
         image_embeddings = image_embeddings.to(self.name_embeddings.dtype)
+        if noise > 0:
+            draws = torch.randn(image_embeddings.shape, generator=generator, dtype=image_embeddings.dtype)  # [B, D]
+            image_embeddings = F.normalize(image_embeddings + noise * draws.to(image_embeddings.device), dim=-1)
         names = (image_embeddings @ self.name_embeddings.T).topk(self.name_count, dim=1).indices  # [B, k]
         groups = self.group_scores(image_embeddings).topk(self.group_count, dim=1).indices  # [B, g]
         return [tag_line([self.names[i] for i in name_row.tolist()], [self.groups[i] for i in group_row.tolist()])

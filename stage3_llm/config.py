@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 from mmtool.config import CacheFolder, FilePath, NameOrPath
+from mmtool.data.reading.augment import StyleAugment
 from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 from stage2_projector.config import ModelConfig as AlignModelConfig
@@ -26,6 +27,10 @@ class TowerTagSettings:
     over the names and groups of data.train's naming and group questions; 0 names and 0 groups = off."""
     names: int = 0
     groups: int = 0
+    # Training conversations' tags ranked from the image embedding plus this much Gaussian noise per coordinate
+    # (about the same deviation on each image-name cosine similarity); validation, chat and eval-llava tag clean
+    # embeddings. 0.15 lowered every held-out score (docs/stage23_style_shift.md, C2; stage2_projector/tower_tags.py).
+    train_noise: float = 0.0
 
 
 @dataclass
@@ -56,6 +61,11 @@ class DataConfig:
     # The frozen tower's features, computed once per image (stage2_projector/feature_cache.py): "auto" = a
     # feature_cache/ folder beside data.train, or a folder, or null (off). Used only when the tower is frozen.
     feature_cache: CacheFolder | None = "auto"
+    # Each training image shown as one seeded style-shifted view (the rendering switches of the CLIP's augment:
+    # grayscale, posterize, outline, contour, stroke, colour; mmtool/data/reading/augment.py), its image tokens and
+    # tags alike, so training meets the unsure tower a new artist's drawings give (stage3_llm/training_data.py).
+    # Validation, chat and eval-llava see images as they are. All off by default.
+    style_views: StyleAugment = field(default_factory=StyleAugment)
 
 
 @dataclass

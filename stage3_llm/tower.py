@@ -97,6 +97,41 @@ def group_indices(names: list[str], groups: list[str], pairs: dict[str, str]) ->
     return indices if any(index >= 0 for index in indices) else None
 
 
+def extended_tags(tags: TowerTags, clip: ClipBundle, names: list[str], groups: list[str],
+                  pairs: dict[str, str]) -> TowerTags:
+    """The model's tags with `names` and `groups` added to its vocabulary, embedded by the same CLIP text tower
+    (`pairs`, {name: group}, places new names in groups): a concept stage 3 never trained on can then be tagged,
+    as the tower baseline ranks the evaluated file's own names. The model's own entries keep their embeddings and
+    groups."""
+    new_names = [name for name in dict.fromkeys(names) if name not in tags.names]
+    new_groups = [group for group in dict.fromkeys(groups) if group not in tags.groups]
+    all_names, all_groups = tags.names + new_names, tags.groups + new_groups
+    name_groups = None
+    if tags.name_groups:
+        own = {name: tags.groups[group] for name, group in zip(tags.names, tags.name_groups) if group >= 0}
+        name_groups = group_indices(all_names, all_groups, {**pairs, **own})
+    extended = TowerTags(all_names, all_groups, tags.name_embeddings.shape[1], tags.name_count, tags.group_count,
+                         name_groups, tags.scale)
+    extended.name_embeddings[:len(tags.names)] = tags.name_embeddings
+    extended.group_embeddings[:len(tags.groups)] = tags.group_embeddings
+    if new_names:
+        extended.name_embeddings[len(tags.names):] = candidate_embeddings(clip, new_names, "name")  # [V_new, D]
+    if new_groups:
+        extended.group_embeddings[len(tags.groups):] = candidate_embeddings(clip, new_groups, "group")  # [G_new, D]
+    return extended.to(tags.name_embeddings.device)
+
+
+def read_names(path: Path) -> list[str]:
+    """A name list file: one name per line, blank lines skipped."""
+    try:
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise MmtoolError(f"{path}: cannot read the name list ({err.__class__.__name__})") from None
+    if not names:
+        raise MmtoolError(f"{path}: the name list holds no name (one per line)")
+    return names
+
+
 def load_tower(record: dict, model_path: str, vision: str | Path | None, any_vision: bool) -> ClipBundle:
     """The stage-1 CLIP the VLM was aligned on (path from the record unless `vision`), checked by sha256."""
     path = Path(vision or record["vision"]["checkpoint"])

@@ -54,6 +54,15 @@ def test_streamed_greedy_generation_equals_a_naive_loop_and_the_cli(tmp_path):
     assert refused.returncode == 2 and "--precision 'fp8': one of bf16, fp32" in refused.stderr
     missing = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", tmp_path / "nope.png", question, check=False)
     assert missing.returncode == 2 and "nope.png: file not found" in missing.stderr
+    names = tmp_path / "names.txt"
+    names.write_text("\n  \n")
+    empty = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--tag-names", names, question,
+                   check=False)
+    assert empty.returncode == 2 and "names.txt: the name list holds no name" in empty.stderr
+    names.write_text("hot pepper\n")
+    untagged = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--tag-names", names, question,
+                      check=False)
+    assert untagged.returncode == 2 and "has no tower tags to add names to" in untagged.stderr
 
 
 def test_bf16_answering_keeps_the_tower_in_fp32_and_the_logits_within_bf16_rounding(tmp_path, monkeypatch):

@@ -204,3 +204,5 @@ def test_one_blind_copy_answers_alone_and_an_unknown_one_is_refused(setup, tmp_p
 
     refused = mmtool("eval-llava", "--model", root / "vlm.pt", "--data", data, "--blind", "blanc", check=False)
     assert refused.returncode == 2 and "--blind 'blanc': unknown 'blanc'" in refused.stderr
+    untagged = mmtool("eval-llava", "--model", root / "vlm.pt", "--data", data, "--tag-set-names", check=False)
+    assert untagged.returncode == 2 and "has no tower tags to add names to" in untagged.stderr

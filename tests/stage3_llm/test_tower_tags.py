@@ -1,5 +1,6 @@
-"""Tower tags: the tag line ranks the vocabulary as a float64 reference does, sits right after the image marker in
-training and generation alike, travels with the checkpoint, names the tower baseline's own answer first, and is
+"""Tower tags: the tag line ranks the vocabulary as a float64 reference does (from a noisy embedding for training
+conversations when asked), sits right after the image marker in training and generation alike, travels with the
+checkpoint, names the tower baseline's own answer first (also over a vocabulary widened with new names), and is
 refused without the CLIP embedding token."""
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 from mmtool.config import load_config
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
+from mmtool.data.reading.images import load_image
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
 from stage2_projector.checkpoint import build_vlm, save_vlm
@@ -16,9 +18,11 @@ from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
 from stage3_llm.generate import generate_batch, prompt_ids, tag_lines
 from stage3_llm.start_model import start_bundle, start_file
-from stage3_llm.tower import candidate_embeddings, candidates, name_group_pairs, tower_answers
+from stage3_llm.eval_run import EvalOptions, run_eval
+from stage3_llm.tower import candidate_embeddings, candidates, extended_tags, name_group_pairs, tower_answers
 from stage3_llm.train import finetune
-from stage3_llm.training_data import finetune_datasets, set_tower_tags
+from stage3_llm.training_data import finetune_datasets, set_tower_tags, training_view
+from tests.stage1_clip.test_train_e2e import mmtool
 from tests.stage3_llm.test_finetune import config, parts  # noqa: F401 - parts is a fixture
 
 
@@ -36,6 +40,23 @@ def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
         expected.append(f"Tags: {'; '.join(names[i] for i in name_order)}. "
                         f"Groups: {'; '.join(groups[i] for i in group_order)}.")
     assert tags.lines(images) == expected
+
+
+def test_noisy_tags_rank_the_noisy_unit_embedding_as_a_float64_reference():
+    generator = torch.Generator().manual_seed(2)
+    names = [f"name {i}" for i in range(12)]
+    tags = TowerTags(names, [], embed_dim=8, name_count=3, group_count=0)
+    tags.name_embeddings.copy_(F.normalize(torch.randn(12, 8, generator=generator), dim=-1))
+    images = F.normalize(torch.randn(40, 8, generator=generator), dim=-1)  # [40, 8]
+    noisy = tags.lines(images, noise=0.5, generator=torch.Generator().manual_seed(7))
+    draws = torch.randn(40, 8, generator=torch.Generator().manual_seed(7)).double()  # the same draws, in order
+    shifted = F.normalize(images.double() + 0.5 * draws, dim=-1)  # [40, 8]
+    expected = [tag_line([names[i] for i in (tags.name_embeddings.double() @ image).argsort(descending=True)[:3]], [])
+                for image in shifted]
+    assert noisy == expected
+    clean = tags.lines(images)
+    assert tags.lines(images, noise=0.0, generator=torch.Generator().manual_seed(7)) == clean
+    assert sum(a != b for a, b in zip(noisy, clean)) >= 10  # the noise reorders, it is not ignored
 
 
 def test_groups_through_names_rank_by_their_names_softmax_mass_in_float64():
@@ -102,6 +123,50 @@ def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_
     assert len(prompt_ids(bundle.tokenizer, question, bundle.num_image_tokens, line)) > len(untagged)
     assert generate_batch(bundle.model, bundle.tokenizer, pixels[:2], [question] * 2, bundle.num_image_tokens, 3)
 
+    # eval-llava --tag-set-names: new concepts' names (val.json's) join the vocabulary, ranked as the tower baseline
+    # ranks the same names; the model's own entries are kept as they were.
+    val_conversations, val_source = read_conversations(parts / "instruct" / "val.json")
+    found, val_pairs = candidates(val_conversations), name_group_pairs(val_conversations)
+    wider = extended_tags(tags, clip, found["name"], found["group"], val_pairs)
+    new = [name for name in found["name"] if name not in tags.names]
+    assert new and wider.names == tags.names + new
+    torch.testing.assert_close(wider.name_embeddings[:len(tags.names)], tags.name_embeddings)
+    torch.testing.assert_close(wider.name_embeddings[len(tags.names):], candidate_embeddings(clip, new, "name"))
+    assert wider.name_groups[len(tags.names)] == wider.groups.index(val_pairs[new[0]])
+    val_images = sorted({c.image for c in val_conversations})
+    val_pixels = torch.stack([bundle.preprocess(val_source.read(image)) for image in val_images])
+    own_tags, bundle.model.tower_tags = bundle.model.tower_tags, wider
+    wider_first = [line.removeprefix("Tags: ").split(";")[0] for line in tag_lines(bundle.model, val_pixels)]
+    bundle.model.tower_tags = own_tags
+    union = {"name": wider.names, "group": wider.groups}
+    assert wider_first == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(val_images), val_images, val_source, union, {})
+    report = run_eval(tmp_path / "run", parts / "instruct" / "val.json", None,
+                      EvalOptions(per_task=1, max_new_tokens=2, blind=(), tower=False, tag_set_names=True))
+    assert report["json"]["settings"]["tag_names_added_from_file"] == len(new)
+    (tmp_path / "names.txt").write_text("\n".join(new))
+    answered = mmtool("chat", "--model", tmp_path / "run", "--image", val_source.path(val_images[0]),
+                      "--tag-names", tmp_path / "names.txt", "--max-new-tokens", "2", question)
+    assert answered.returncode == 0 and answered.stdout.endswith("\n")
+
+    # model.tower_tags.train_noise reranks the training conversations' tags only: validation keeps the clean line.
+    noisy_train, noisy_val = finetune_datasets(tagged_config(parts, "model.tower_tags.train_noise=1.0"), bundle)
+    _, val_set = finetune_datasets(cfg, bundle)
+    assert [c.turns for c in noisy_val.conversations] == [c.turns for c in val_set.conversations]
+    changed = [a.turns != b.turns for a, b in zip(noisy_train.conversations, train_set.conversations)]
+    assert len(changed) == len(train_set.conversations) and sum(changed) >= len(changed) // 4
+
+    # data.style_views: a training image's pixels and its tags are both of its one styled view; val stays as is.
+    styled_cfg = tagged_config(parts, "data.style_views.grayscale=1.0", "data.style_views.contour=1.0")
+    styled_train, styled_val = finetune_datasets(styled_cfg, bundle)
+    assert [c.turns for c in styled_val.conversations] == [c.turns for c in val_set.conversations]
+    view = training_view(styled_cfg.data.style_views, bundle.record["vision"]["image_size"], styled_cfg.train.seed)
+    index = next(i for i, c in enumerate(styled_train.conversations) if c.image == images[0])
+    styled_pixels = view(load_image(source.read(images[0])))
+    assert torch.equal(styled_train[index]["pixel_values"], styled_pixels)
+    styled_line = tag_lines(bundle.model, styled_pixels[None])[0]
+    assert styled_train.conversations[index].turns[0]["content"].startswith(f"<image>\n{styled_line}\n")
+    assert not torch.equal(styled_pixels, pixels[0])
+
 
 @pytest.mark.slow
 def test_tags_off_take_away_a_base_models_tags(parts, tmp_path):  # noqa: F811
@@ -112,6 +177,13 @@ def test_tags_off_take_away_a_base_models_tags(parts, tmp_path):  # noqa: F811
     assert bundle.model.tower_tags is not None
     set_tower_tags(cfg, bundle)
     assert bundle.model.tower_tags is None and "tower_tags" not in bundle.record
+
+
+@pytest.mark.slow
+def test_a_negative_training_noise_is_refused(parts):  # noqa: F811
+    cfg = tagged_config(parts, "model.tower_tags.train_noise=-0.1")
+    with pytest.raises(MmtoolError, match=r"model.tower_tags.train_noise: .* got -0.1"):
+        set_tower_tags(cfg, start_bundle(cfg, start_file(cfg)))
 
 
 @pytest.mark.slow
