@@ -40,10 +40,10 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     chosen = sample_per_task(in_file, options.per_task, options.seed)
     # The tower is checked before the (slow) LLM loads, so a wrong --clip fails at once.
     record = load_model(resolve_model_file(model), KIND)["config"]
-    wants_tower = options.tower or options.tag_set_names
-    clip = load_tower(record, str(model), options.vision, options.any_vision) if wants_tower else None
     if options.tag_set_names and not record.get("tower_tags"):
         raise MmtoolError(f"--tag-set-names: {model} has no tower tags to add names to (model.tower_tags)")
+    wants_tower = options.tower or options.tag_set_names
+    clip = load_tower(record, str(model), options.vision, options.any_vision) if wants_tower else None
     bundle = load_for_answering(model, precision=options.precision)
     added_names = add_set_names(bundle, clip, in_file) if options.tag_set_names else 0
     results = answer_conversations(bundle, chosen, source, options.max_new_tokens, options.batch_size)
