@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from mmtool.checkpoint import file_sha256
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
 from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.reading.text_files import utf8_lines
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import ClipBundle, load_clip
 from stage1_clip.evaluate import commonest_labels, embed_images, embed_texts
@@ -124,9 +125,9 @@ def extended_tags(tags: TowerTags, clip: ClipBundle, names: list[str], groups: l
 def read_names(path: Path) -> list[str]:
     """A name list file: one name per line, blank lines skipped."""
     try:
-        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise MmtoolError(f"{path}: cannot read the name list ({err.__class__.__name__})") from None
+        names = [line.strip() for _, line in utf8_lines(path) if line.strip()]  # bad UTF-8: file:line named
+    except OSError as err:
+        raise MmtoolError(f"{path}: cannot read the name list ({err.strerror})") from None
     if not names:
         raise MmtoolError(f"{path}: the name list holds no name (one per line)")
     return names
