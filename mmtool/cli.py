@@ -209,7 +209,9 @@ def chat(
     from mmtool.data.reading.images import BadSample, load_image
     from stage3_llm.checkpoint import load_for_answering
     from stage3_llm.generate import generate
-    from stage3_llm.tower import extended_tags, load_tower, read_names
+    from mmtool.checkpoint import load_model
+    from stage2_projector.checkpoint import KIND, resolve_model_file
+    from stage3_llm.tower import extended_tags, load_tower, read_names, require_tower_tags
 
     if not image.is_file():
         raise MmtoolError(f"--image {image}: file not found")
@@ -218,10 +220,10 @@ def chat(
     except BadSample as err:
         raise MmtoolError(f"--image {image}: {err}") from None
     names = read_names(tag_names) if tag_names else []  # refused before the model loads
+    if names:
+        require_tower_tags(load_model(resolve_model_file(model), KIND)["config"], model, "--tag-names")
     bundle = load_for_answering(model, llm, precision)
     if names:
-        if bundle.model.tower_tags is None:
-            raise MmtoolError(f"--tag-names: {model} has no tower tags to add names to (model.tower_tags)")
         clip = load_tower(bundle.record, str(model), None, any_vision=False)
         bundle.model.tower_tags = extended_tags(bundle.model.tower_tags, clip, names, [], {})
     generate(bundle.model, bundle.tokenizer, bundle.preprocess(image.read_bytes()), question,

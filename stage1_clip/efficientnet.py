@@ -5,9 +5,12 @@ The network code is the `efficientnet-lite-pytorch` package; the ImageNet weight
 Parameter names are the package's: `net._conv_stem`, `net._bn0`, `net._blocks.0` .. `net._blocks.15`, `net._conv_head`,
 `net._bn1`, so "train only the last blocks" is a `train.param_groups` regex (see configs/clip/effnet_minilm.yaml).
 """
+import copy
+
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mmtool.data.reading.images import CLIP_MEAN, CLIP_STD
 from mmtool.errors import MmtoolError
@@ -17,6 +20,7 @@ WEIGHTS_ALIAS, WEIGHTS_FILE = "efficientnet_lite0", "efficientnet-lite0-57934424
 # Lite models were trained on TF's "inception-style" inputs, (pixel - 127) / 128 for pixels in 0..255
 # (efficientnet_lite_builder.py); the stem BatchNorm's running statistics agree on real photos.
 LITE_MEAN, LITE_STD = 127 / 255, 128 / 255
+BLOCK_CONV_NORMS = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
 
 
 def imagenet_state_dict() -> dict:
@@ -93,3 +97,42 @@ class EfficientNetLite0Tower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.finish(self.prefix(images, 0), 0)  # [B, 1280]
+
+    def folded_copy(self, stages: int) -> "EfficientNetLite0Tower":
+        return folded_copy(self, stages)
+
+
+def folded_copy(tower: EfficientNetLite0Tower, stages: int) -> EfficientNetLite0Tower:
+    """An inference copy of `tower` whose first `stages` stages run leaner with the same outputs up to float
+    rounding: each BatchNorm (eval mode: a per-channel affine) folded into the convolution before it, stride-1
+    convolutions padding by themselves instead of copying a padded input, ReLU6 in place. For a frozen prefix
+    computed once per cache miss (stage1_clip/feature_cache.py); the tower itself stays as it is."""
+    folded = copy.deepcopy(tower).eval().requires_grad_(False)
+    net = folded.net
+    for index in range(min(stages, folded.num_stages())):
+        if index == 0:
+            owner, pairs = net, [("_conv_stem", "_bn0")]
+        elif index <= len(net._blocks):
+            owner = net._blocks[index - 1]
+            pairs = [pair for pair in BLOCK_CONV_NORMS if hasattr(owner, pair[0])]  # block 0 has no expansion
+        else:
+            owner, pairs = net, [("_conv_head", "_bn1")]
+        for conv, norm in pairs:
+            setattr(owner, conv, self_padded(fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm))))
+            setattr(owner, norm, nn.Identity())
+    for module in net.modules():
+        if isinstance(module, nn.Hardtanh):  # ReLU6: no autograd here, so its input need not be kept
+            module.inplace = True
+    return folded
+
+
+def self_padded(conv: nn.Conv2d) -> nn.Conv2d:
+    """A TF-"same" convolution of stride 1 and odd kernel as a plain Conv2d with symmetric padding (the same
+    output); other strides keep the package's padding, which depends on the input size."""
+    kernel = conv.weight.shape[-1]
+    if tuple(conv.stride) != (1, 1) or kernel % 2 == 0 or kernel == 1:
+        return conv
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, kernel, padding=kernel // 2, groups=conv.groups,
+                      bias=conv.bias is not None, dtype=conv.weight.dtype, device=conv.weight.device)
+    plain.load_state_dict(conv.state_dict())
+    return plain.requires_grad_(False)

@@ -23,6 +23,7 @@ are computed on first use (the first epochs build the cache), not ahead of train
 Where: `<train shards' folder>/feature_cache/<namespace digest>/`, as stages 2-3 do: a sweep of recipes over the
 same data and towers (issue 19's folds, resolutions, heads) shares the entries, which a per-run cache would recompute.
 """
+import copy
 from pathlib import Path
 
 import torch
@@ -57,10 +58,14 @@ class TextCache:
 
 class ImageTrunkCache:
     """The image tower's frozen first `cut` stages by view (or by pixels); the stages after the cut run live.
-    `renderer` draws the views the loader left out whose entries cannot be read back after all."""
+    `renderer` draws the views the loader left out whose entries cannot be read back after all; `trunk`, an
+    inference copy of the tower whose first `cut` stages are folded for speed (efficientnet.folded_copy), computes
+    the misses in the tower's place."""
 
-    def __init__(self, cache: FeatureCache, cut: int | None, renderer: ViewRenderer | None = None):
+    def __init__(self, cache: FeatureCache, cut: int | None, renderer: ViewRenderer | None = None,
+                 trunk: nn.Module | None = None):
         self.cache, self.cut, self.renderer = cache, cut, renderer  # cut None: the whole tower's pooled output
+        self.trunk, self.runtime_trunk = trunk, None  # the copy as built (float32) and as last run
         self.not_decoded = 0  # views the loader left out because their entry was there
 
     def features(self, tower: nn.Module, images: torch.Tensor, views: list[ViewRef] | None = None) -> torch.Tensor:
@@ -71,8 +76,20 @@ class ImageTrunkCache:
             self.not_decoded += sum(ref.source is not None for ref in views)
         if self.cut is None:
             return self.cache.features(images, tower, keys, fill)  # [B, Wv]
-        trunk = self.cache.features(images, lambda x: tower.prefix(x, self.cut), keys, fill)  # [B, C, h, w]
+        trunk = self.cache.features(images, lambda x: self.prefix(tower, x), keys, fill)  # [B, C, h, w]
         return tower.finish(trunk, self.cut)  # [B, Wv]
+
+    def prefix(self, tower: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """The first `cut` stages on `images` [M, 3, H, W]: by the folded copy, moved to the tower's device and
+        dtype (the engine casts and places the tower after the cache opens), else by the tower itself."""
+        if self.trunk is None:
+            return tower.prefix(images, self.cut)
+        reference = next(tower.parameters())
+        current = next(self.runtime_trunk.parameters()) if self.runtime_trunk is not None else None
+        if current is None or (current.dtype, current.device) != (reference.dtype, reference.device):
+            self.runtime_trunk = copy.deepcopy(self.trunk).to(device=reference.device, dtype=reference.dtype)
+        with torch.no_grad():
+            return self.runtime_trunk.prefix(images, self.cut)  # [M, C, h, w]
 
     def draw_left_out(self, images: torch.Tensor, views: list[ViewRef], rows: list[int]) -> torch.Tensor:
         """`images` [B, 3, S, S] (normalised) with the views among `rows` that the loader left out drawn in."""
@@ -131,7 +148,9 @@ def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: 
         return None
     namespace = {"tower": "image", "key": "view", "tower_sha256": weights, "cut": cut, "config": to_dict(vision_config),
                  "precision": precision_of(load_deepspeed_config(train.deepspeed))}
-    return ImageTrunkCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="image_cache"), cut, renderer)
+    trunk = tower.folded_copy(cut) if cut is not None and hasattr(tower, "folded_copy") else None
+    return ImageTrunkCache(FeatureCache(Path(data_folder) / FOLDER, namespace, label="image_cache"), cut, renderer,
+                           trunk)
 
 
 def open_caches(model: nn.Module, cfg: ClipConfig, data_folder: Path, planned_batches: bool,

@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtool.checkpoint import file_sha256, load_model
-from mmtool.errors import MmtoolError
 from mmtool.precision import answering_precision, dtype_of
 from stage2_projector.checkpoint import KIND, resolve_model_file
 from stage3_llm.blind import BLIND_IMAGES
@@ -12,7 +11,8 @@ from stage3_llm.checkpoint import load_for_answering
 from stage3_llm.conversations import read_conversations
 from stage3_llm.evaluate import add_blind_answers, add_tower_answers, answer_conversations, format_table, score
 from stage3_llm.task_sample import sample_per_task
-from stage3_llm.tower import NAME_TEMPLATE, YESNO_RULE, candidates, extended_tags, load_tower, name_group_pairs
+from stage3_llm.tower import (NAME_TEMPLATE, YESNO_RULE, candidates, extended_tags, load_tower, name_group_pairs,
+                              require_tower_tags)
 
 
 @dataclass
@@ -40,8 +40,8 @@ def run_eval(model: Path, data: Path, image_folder: Path | None, options: EvalOp
     chosen = sample_per_task(in_file, options.per_task, options.seed)
     # The tower is checked before the (slow) LLM loads, so a wrong --clip fails at once.
     record = load_model(resolve_model_file(model), KIND)["config"]
-    if options.tag_set_names and not record.get("tower_tags"):
-        raise MmtoolError(f"--tag-set-names: {model} has no tower tags to add names to (model.tower_tags)")
+    if options.tag_set_names:
+        require_tower_tags(record, model, "--tag-set-names")
     wants_tower = options.tower or options.tag_set_names
     clip = load_tower(record, str(model), options.vision, options.any_vision) if wants_tower else None
     bundle = load_for_answering(model, precision=options.precision)

@@ -122,6 +122,13 @@ def extended_tags(tags: TowerTags, clip: ClipBundle, names: list[str], groups: l
     return extended.to(tags.name_embeddings.device)
 
 
+def require_tower_tags(record: dict, model: Path, option: str) -> None:
+    """Refuses `option`, which adds names to the tag vocabulary, for a model saved without tower tags (its record,
+    read before the slow LLM loads)."""
+    if not record.get("tower_tags"):
+        raise MmtoolError(f"{option}: {model} has no tower tags to add names to (model.tower_tags)")
+
+
 def read_names(path: Path) -> list[str]:
     """A name list file: one name per line, blank lines skipped."""
     try:

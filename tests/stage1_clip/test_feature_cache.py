@@ -54,7 +54,9 @@ def loss_and_grads(model: CLIP, images, ids, mask) -> tuple[torch.Tensor, dict]:
 
 def test_cached_path_gives_the_live_loss_and_gradients(tmp_path):
     model, train = lit_clip()
-    inputs = batch()
+    model.double()  # the cached trunk is a folded copy (efficientnet.folded_copy): equal to rounding, which block
+    images, ids, mask = batch()  # 15's BatchNorm over 6 rows of a 1x1 map magnifies ~1e4-fold in float32
+    inputs = images.double(), ids, mask
     live_loss, live_grads = loss_and_grads(model, *inputs)
     statistics = copy.deepcopy({k: v for k, v in model.vision.state_dict().items() if "running" in k})
     model.text_cache = open_text_cache(model, TEXT, tmp_path, train)
@@ -62,10 +64,11 @@ def test_cached_path_gives_the_live_loss_and_gradients(tmp_path):
     assert model.image_cache.cut == 16  # stem + blocks 0..14
     for expected_misses in (6, 6):  # first pass computes and stores, second reads back
         loss, grads = loss_and_grads(model, *inputs)
-        assert loss == pytest.approx(live_loss.item(), rel=1e-6)
+        assert loss == pytest.approx(live_loss.item(), rel=1e-7)
         assert grads.keys() == live_grads.keys() and "vision.net._blocks.15._project_conv.weight" in grads
         for name, grad in grads.items():
-            torch.testing.assert_close(grad, live_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+            scale = live_grads[name].abs().max().item()  # this toy's BatchNorm biases get grads of ~1e6
+            torch.testing.assert_close(grad, live_grads[name], rtol=0, atol=1e-7 * scale + 1e-9, msg=name)
         for cache in (model.text_cache.cache, model.image_cache.cache):
             assert cache.misses == expected_misses
     assert model.image_cache.cache.hits == model.text_cache.cache.hits == 6

@@ -60,8 +60,8 @@ def test_streamed_greedy_generation_equals_a_naive_loop_and_the_cli(tmp_path):
                    check=False)
     assert empty.returncode == 2 and "names.txt: the name list holds no name" in empty.stderr
     names.write_text("hot pepper\n")
-    untagged = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--tag-names", names, question,
-                      check=False)
+    untagged = mmtool("chat", "--model", tmp_path / "vlm.pt", "--image", image_file, "--tag-names", names,
+                      "--llm", tmp_path / "no_llm_here", question, check=False)  # refused before the LLM loads
     assert untagged.returncode == 2 and "has no tower tags to add names to" in untagged.stderr
 
 
