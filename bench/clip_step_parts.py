@@ -1,8 +1,9 @@
 """A stage-1 step of the default CLIP in parts, on synthetic images: the frozen trunk's forward (what the feature
-cache saves), as the tower runs it and as the cache's folded copy does (efficientnet.folded_copy: BatchNorm folded
-into the convolutions), and the live part's forward and backward (the last blocks, the head conv and the projection
-head), in fp32, bf16 autocast and bf16 weights (what DeepSpeed's bf16 mode trains with), at each torch thread count
-asked for. Compare with a training step's time to see what the loader, the cache and the engine add.
+cache saves), as the tower runs it and as the cache's folded copy does (EfficientNetLite0Tower.folded_copy:
+BatchNorm folded into the convolutions), and the live part's forward and backward (the last blocks, the head conv
+and the projection head), in fp32, bf16 autocast and bf16 weights (what DeepSpeed's bf16 mode trains with), at each
+torch thread count asked for. Compare with a training step's time to see what the loader, the cache and the engine
+add.
 
     .venv/bin/python bench/clip_step_parts.py --threads 1,2
 """

@@ -99,31 +99,27 @@ class EfficientNetLite0Tower(nn.Module):
         return self.finish(self.prefix(images, 0), 0)  # [B, 1280]
 
     def folded_copy(self, stages: int) -> "EfficientNetLite0Tower":
-        return folded_copy(self, stages)
-
-
-def folded_copy(tower: EfficientNetLite0Tower, stages: int) -> EfficientNetLite0Tower:
-    """An inference copy of `tower` whose first `stages` stages run leaner with the same outputs up to float
-    rounding: each BatchNorm (eval mode: a per-channel affine) folded into the convolution before it, stride-1
-    convolutions padding by themselves instead of copying a padded input, ReLU6 in place. For a frozen prefix
-    computed once per cache miss (stage1_clip/feature_cache.py); the tower itself stays as it is."""
-    folded = copy.deepcopy(tower).eval().requires_grad_(False)
-    net = folded.net
-    for index in range(min(stages, folded.num_stages())):
-        if index == 0:
-            owner, pairs = net, [("_conv_stem", "_bn0")]
-        elif index <= len(net._blocks):
-            owner = net._blocks[index - 1]
-            pairs = [pair for pair in BLOCK_CONV_NORMS if hasattr(owner, pair[0])]  # block 0 has no expansion
-        else:
-            owner, pairs = net, [("_conv_head", "_bn1")]
-        for conv, norm in pairs:
-            setattr(owner, conv, self_padded(fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm))))
-            setattr(owner, norm, nn.Identity())
-    for module in net.modules():
-        if isinstance(module, nn.Hardtanh):  # ReLU6: no autograd here, so its input need not be kept
-            module.inplace = True
-    return folded
+        """An inference copy whose first `stages` stages run leaner with the same outputs up to float rounding:
+        each BatchNorm (eval mode: a per-channel affine) folded into the convolution before it, stride-1
+        convolutions padding by themselves instead of copying a padded input, ReLU6 in place. For a frozen prefix
+        computed once per cache miss (stage1_clip/feature_cache.py); this tower stays as it is."""
+        folded = copy.deepcopy(self).eval().requires_grad_(False)
+        net = folded.net
+        for index in range(min(stages, folded.num_stages())):
+            if index == 0:
+                owner, pairs = net, [("_conv_stem", "_bn0")]
+            elif index <= len(net._blocks):
+                owner = net._blocks[index - 1]
+                pairs = [pair for pair in BLOCK_CONV_NORMS if hasattr(owner, pair[0])]  # block 0 has no expansion
+            else:
+                owner, pairs = net, [("_conv_head", "_bn1")]
+            for conv, norm in pairs:
+                setattr(owner, conv, self_padded(fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm))))
+                setattr(owner, norm, nn.Identity())
+        for module in net.modules():
+            if isinstance(module, nn.Hardtanh):  # ReLU6: no autograd here, so its input need not be kept
+                module.inplace = True
+        return folded
 
 
 def self_padded(conv: nn.Conv2d) -> nn.Conv2d:

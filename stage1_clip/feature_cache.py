@@ -23,7 +23,6 @@ are computed on first use (the first epochs build the cache), not ahead of train
 Where: `<train shards' folder>/feature_cache/<namespace digest>/`, as stages 2-3 do: a sweep of recipes over the
 same data and towers (issue 19's folds, resolutions, heads) shares the entries, which a per-run cache would recompute.
 """
-import copy
 from pathlib import Path
 
 import torch
@@ -59,13 +58,13 @@ class TextCache:
 class ImageTrunkCache:
     """The image tower's frozen first `cut` stages by view (or by pixels); the stages after the cut run live.
     `renderer` draws the views the loader left out whose entries cannot be read back after all; `trunk`, an
-    inference copy of the tower whose first `cut` stages are folded for speed (efficientnet.folded_copy), computes
-    the misses in the tower's place."""
+    inference copy of the tower whose first `cut` stages are folded for speed
+    (EfficientNetLite0Tower.folded_copy), computes the misses in the tower's place."""
 
     def __init__(self, cache: FeatureCache, cut: int | None, renderer: ViewRenderer | None = None,
                  trunk: nn.Module | None = None):
         self.cache, self.cut, self.renderer = cache, cut, renderer  # cut None: the whole tower's pooled output
-        self.trunk, self.runtime_trunk = trunk, None  # the copy as built (float32) and as last run
+        self.trunk = trunk
         self.not_decoded = 0  # views the loader left out because their entry was there
 
     def features(self, tower: nn.Module, images: torch.Tensor, views: list[ViewRef] | None = None) -> torch.Tensor:
@@ -85,11 +84,9 @@ class ImageTrunkCache:
         if self.trunk is None:
             return tower.prefix(images, self.cut)
         reference = next(tower.parameters())
-        current = next(self.runtime_trunk.parameters()) if self.runtime_trunk is not None else None
-        if current is None or (current.dtype, current.device) != (reference.dtype, reference.device):
-            self.runtime_trunk = copy.deepcopy(self.trunk).to(device=reference.device, dtype=reference.dtype)
+        self.trunk.to(device=reference.device, dtype=reference.dtype)  # in place; a no-op once they match
         with torch.no_grad():
-            return self.runtime_trunk.prefix(images, self.cut)  # [M, C, h, w]
+            return self.trunk.prefix(images, self.cut)  # [M, C, h, w]
 
     def draw_left_out(self, images: torch.Tensor, views: list[ViewRef], rows: list[int]) -> torch.Tensor:
         """`images` [B, 3, S, S] (normalised) with the views among `rows` that the loader left out drawn in."""

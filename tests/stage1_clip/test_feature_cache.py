@@ -54,7 +54,7 @@ def loss_and_grads(model: CLIP, images, ids, mask) -> tuple[torch.Tensor, dict]:
 
 def test_cached_path_gives_the_live_loss_and_gradients(tmp_path):
     model, train = lit_clip()
-    model.double()  # the cached trunk is a folded copy (efficientnet.folded_copy): equal to rounding, which block
+    model.double()  # the cached trunk is a folded copy (EfficientNetLite0Tower.folded_copy): equal to rounding, which
     images, ids, mask = batch()  # 15's BatchNorm over 6 rows of a 1x1 map magnifies ~1e4-fold in float32
     inputs = images.double(), ids, mask
     live_loss, live_grads = loss_and_grads(model, *inputs)

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0's folded inference copy (stage1_clip/efficientnet.folded_copy), which computes the frozen
+"""EfficientNet-Lite0's folded inference copy (EfficientNetLite0Tower.folded_copy), which computes the frozen
 trunk's cache misses: the tower's own outputs, in float64 to rounding, at any cut and input size; the tower itself
 untouched; the cache runs the copy in the tower's current dtype."""
 import pytest
@@ -61,5 +61,5 @@ def test_the_cache_runs_the_copy_in_the_towers_current_dtype():
         torch.testing.assert_close(fp32, tower(images), rtol=1e-4, atol=1e-5)
     tower.to(torch.bfloat16)  # as the engine casts the model after the cache opened
     bf16 = cache.features(tower, images)
-    assert bf16.dtype == torch.bfloat16 and next(cache.runtime_trunk.parameters()).dtype == torch.bfloat16
+    assert bf16.dtype == torch.bfloat16 and next(cache.trunk.parameters()).dtype == torch.bfloat16
     torch.testing.assert_close(bf16.float(), fp32, rtol=0.1, atol=0.1)
