@@ -11,7 +11,7 @@ from mmtool.cpu_features import check_precision, without_emulated_bf16
 from mmtool.deepspeed_import import import_deepspeed
 from mmtool.errors import MmtoolError
 from mmtool.nonfinite import HoldableAdamW, HoldableSchedule, any_rank
-from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
+from mmtool.optim import ParamGroupRule, WarmRestart, build_param_groups, schedule_with_restart
 
 
 # torch.optim.AdamW arguments per kernel; all three compute the same update.
@@ -30,13 +30,15 @@ class OptimSettings:
     min_lr_ratio: float = 0.0
     rules: list[ParamGroupRule] = field(default_factory=list)
     kernel: str = "fused"  # torch AdamW implementation: fused | foreach | loop (see bench/RESULTS.md)
+    restart: WarmRestart | None = None  # a second warm-up and cosine for the last steps
 
     @classmethod
-    def from_train(cls, train, total_steps: int) -> "OptimSettings":
+    def from_train(cls, train, total_steps: int, restart: WarmRestart | None = None) -> "OptimSettings":
         """From a stage's `train:` section (mmtool.train_config.TrainSettings) and the run's length."""
         return cls(lr=train.lr, weight_decay=train.weight_decay, betas=tuple(train.betas), eps=train.eps,
                    grad_clip=train.grad_clip, warmup_steps=train.warmup_steps, total_steps=total_steps,
-                   min_lr_ratio=train.min_lr_ratio, rules=train.param_groups, kernel=train.optimizer_kernel)
+                   min_lr_ratio=train.min_lr_ratio, rules=train.param_groups, kernel=train.optimizer_kernel,
+                   restart=restart)
 
 
 def load_deepspeed_config(path: str | Path) -> dict:
@@ -81,7 +83,8 @@ class TrainEngine:
             raise MmtoolError(f"train.optimizer_kernel: unknown {optim.kernel!r} (known: {', '.join(ADAMW_KERNELS)})")
         self._adamw = HoldableAdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                     **ADAMW_KERNELS[optim.kernel])
-        schedule = cosine_with_warmup(optim.warmup_steps, optim.total_steps, optim.min_lr_ratio)
+        schedule = schedule_with_restart(optim.warmup_steps, optim.total_steps, optim.min_lr_ratio,
+                                         optim.restart)
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=self._adamw, config=ds_config,
             lr_scheduler=lambda opt: HoldableSchedule(opt, schedule, held=lambda: self._adamw.hold))

@@ -11,6 +11,15 @@ _NO_DECAY = re.compile(r"(^|\.)(bias|logit_scale|logit_bias|positional_embedding
 
 
 @dataclass
+class WarmRestart:
+    """From optimizer step `step` on, the schedule starts again: `warmup_steps` of linear warm-up to `peak` x each
+    group's lr, then cosine to the end (a second training phase, e.g. stage 1's data.low_res)."""
+    step: int
+    warmup_steps: int
+    peak: float = 1.0
+
+
+@dataclass
 class ParamGroupRule:
     """Parameters whose name matches `pattern` (a regex, searched) get this lr / decay; lr 0 freezes."""
     pattern: str = ""
@@ -54,3 +63,14 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def schedule_with_restart(warmup_steps: int, total_steps: int, min_ratio: float = 0.0,
+                          restart: WarmRestart | None = None):
+    """Multiplier for LambdaLR: cosine_with_warmup over the whole run, or, with `restart`, over the steps before it
+    and again (scaled by restart.peak) over the steps from it to the end."""
+    if restart is None:
+        return cosine_with_warmup(warmup_steps, total_steps, min_ratio)
+    first = cosine_with_warmup(warmup_steps, restart.step, min_ratio)
+    second = cosine_with_warmup(restart.warmup_steps, total_steps - restart.step, min_ratio)
+    return lambda step: first(step) if step < restart.step else restart.peak * second(step - restart.step)

@@ -15,6 +15,7 @@ from mmtool.data.reading.skips import BatchSkips
 from mmtool.device_prefetch import prefetch_to_device
 from mmtool.engine import OptimSettings, TrainEngine
 from mmtool.nonfinite import count_nonfinite
+from mmtool.optim import WarmRestart
 from mmtool.run_log import RunLog, ThroughputWindow
 from mmtool.run_plot import plot_run_if_possible
 from mmtool.trackers import check_trackers
@@ -39,6 +40,7 @@ class Stage:
     model: torch.nn.Module
     samples: int
     prefetch_keys: tuple[str, ...] = ()  # batch tensors the loop copies to the GPU a step ahead (device_prefetch)
+    lr_restart: WarmRestart | None = None  # a second lr warm-up and decay for the run's last phase
 
     def batches(self, epoch: int, skip: int) -> Iterable:
         """This rank's micro-batches of `epoch` after the first `skip` (the same list on every run: exact resume)."""
@@ -88,7 +90,7 @@ def train(stage: Stage, settings: TrainSettings, batch_size: int, out: Path, con
     total_steps = settings.max_steps or settings.epochs * per_epoch
     source = resume_source(out / STATE_DIR, world, settings.deepspeed) if resume else None
     engine = TrainEngine(stage.model, settings.deepspeed, batch_size, accum_steps=accum,
-                         optim=OptimSettings.from_train(settings, total_steps),
+                         optim=OptimSettings.from_train(settings, total_steps, stage.lr_restart),
                          load_universal=bool(source and source.universal))
     progress = Progress()
     if source:

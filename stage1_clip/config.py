@@ -79,6 +79,26 @@ class LossConfig:
 
 
 @dataclass
+class LowResConfig:
+    """Low-resolution pretraining, then a short fine-tuning at full size (as CLIPA): the first `steps` optimizer steps
+    read every image at `image_size` under their own warm-up and cosine; the rest of the run starts the lr schedule
+    again (`warmup_steps`, then cosine to the end, peak `lr_ratio` x each group's lr) at model.vision.image_size,
+    as do its evaluations and the checkpoint. steps 0: one size and one schedule."""
+    image_size: int = 0
+    steps: int = 0
+    warmup_steps: int = 20
+    lr_ratio: float = 1.0
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise ValueError(f"steps is a number of optimizer steps, got {self.steps}")
+        if self.steps and self.image_size < 1:
+            raise ValueError(f"image_size is in pixels, got {self.image_size} (with steps {self.steps})")
+        if self.warmup_steps < 0 or self.lr_ratio <= 0:
+            raise ValueError(f"warmup_steps >= 0 and lr_ratio > 0, got {self.warmup_steps} and {self.lr_ratio}")
+
+
+@dataclass
 class DataConfig:
     train: FilePath = "data/emoji/train-*.tar"
     val: FilePath | None = "data/emoji/val-*.tar"
@@ -92,6 +112,9 @@ class DataConfig:
     # stroke; caption templates and keyword dropout), all off by default: see mmtool/data/reading/augment.py.
     augment: StyleAugment = field(default_factory=StyleAugment)
     label_fields: list[str] = field(default_factory=lambda: ["group", "subgroup"])
+    # Most steps at a smaller input, the last ones at model.vision.image_size (efficientnet_lite0 only: it takes any
+    # input size); the trunk cache keeps one set of views per size.
+    low_res: LowResConfig = field(default_factory=LowResConfig)
     # Frozen towers computed once (stage1_clip/feature_cache.py), in feature_cache/ beside the train shards: the
     # locked text tower per caption, the frozen image trunk per image view. Applies only where the param groups
     # freeze a tower (or EfficientNet-Lite0's first stages) and batches stream (batch_composition random).
@@ -140,3 +163,7 @@ class ClipConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def image_size_at(self, step: int) -> int:
+        """The input size of optimizer step `step` (0-based): data.low_res's for its first steps."""
+        return self.data.low_res.image_size if step < self.data.low_res.steps else self.model.vision.image_size

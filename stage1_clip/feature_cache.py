@@ -23,6 +23,7 @@ are computed on first use (the first epochs build the cache), not ahead of train
 Where: `<train shards' folder>/feature_cache/<namespace digest>/`, as stages 2-3 do: a sweep of recipes over the
 same data and towers (issue 19's folds, resolutions, heads) shares the entries, which a per-run cache would recompute.
 """
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -151,15 +152,21 @@ def open_image_cache(model: nn.Module, vision_config, data_folder: Path, train: 
 
 
 def open_caches(model: nn.Module, cfg: ClipConfig, data_folder: Path, planned_batches: bool,
-                augment: AugmentConfig) -> list[TextCache | ImageTrunkCache]:
-    """The frozen towers' caches `cfg` allows, attached to `model` (text_cache, image_cache); returns them.
+                augment: AugmentConfig) -> dict[int, ImageTrunkCache]:
+    """The frozen towers' caches `cfg` allows: the text cache, attached to `model` as text_cache, and, returned, the
+    image cache of each input size the run trains at (data.low_res), which the stage attaches as model.image_cache.
     Batches planned by hard-negative mining have no fixed image views, so they get no image cache."""
     if not cfg.data.feature_cache:
-        return []
+        return {}
     if cfg.data.cached_views < 1:
         raise MmtoolError(f"data.cached_views: {cfg.data.cached_views}, needs at least 1 view per image")
     model.text_cache = open_text_cache(model, cfg.model.text, data_folder, cfg.train)
-    if not planned_batches:
-        renderer = ViewRenderer(cfg.train.seed, cfg.model.vision.image_size, augment)
-        model.image_cache = open_image_cache(model, cfg.model.vision, data_folder, cfg.train, renderer)
-    return [cache for cache in (model.text_cache, model.image_cache) if cache is not None]
+    if planned_batches:
+        return {}
+    image_caches = {}
+    for size in {cfg.image_size_at(0), cfg.model.vision.image_size}:
+        renderer = ViewRenderer(cfg.train.seed, size, augment)
+        vision = replace(cfg.model.vision, image_size=size)
+        if cache := open_image_cache(model, vision, data_folder, cfg.train, renderer):
+            image_caches[size] = cache
+    return image_caches

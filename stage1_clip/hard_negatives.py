@@ -66,6 +66,7 @@ class HardNegatives:
         self.negatives: list[list[int]] | None = None  # mined: [N][K] sample indices at the last refresh
         self.plan_epoch, self.plan = None, []  # the current epoch's global micro-batches
         self.refreshed_at = None
+        self.image_size = cfg.image_size_at(0)  # the input size the run trains at now (ClipStage.use_image_size)
 
     # --- schedule ------------------------------------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class HardNegatives:
             self.plan_epoch = epoch
         return make_indexed_loader(
             self.indexed, self.plan, batch_size=self.cfg.data.batch_size,
-            image_size=self.cfg.model.vision.image_size, epoch=epoch, seed=self.cfg.train.seed,
+            image_size=self.image_size, epoch=epoch, seed=self.cfg.train.seed,
             rank=distributed.rank(), world_size=distributed.world_size(), workers=self.cfg.data.workers,
             skip_batches=skip_batches, augment=augment)
 
@@ -147,7 +148,7 @@ class HardNegatives:
         was_training = model.training
         model.eval()
         param = next(model.parameters())
-        size, length = self.cfg.model.vision.image_size, self.cfg.model.text.context_length
+        size, length = self.image_size, self.cfg.model.text.context_length
         mine = list(range(distributed.rank(), len(self.indexed), distributed.world_size()))
         images, texts = [], []
         for start in range(0, len(mine), EMBED_BATCH):

@@ -7,7 +7,7 @@ import torch
 from mmtool import distributed
 from mmtool.config import to_dict
 from mmtool.data.reading.images import AugmentConfig, normalize_pixels
-from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count, train_layout
+from mmtool.data.reading.loader import make_train_loader, resolve_shards, sample_count, train_layout
 from mmtool.data.reading.relayout import EpochOrigin
 from mmtool.engine import TrainEngine
 from mmtool.errors import MmtoolError
@@ -15,10 +15,10 @@ from mmtool.train_cadence import steps_per_epoch
 from mmtool.train_loop import Stage, StepResult, start_run, train
 from stage1_clip.checkpoint import save_clip
 from stage1_clip.config import ClipConfig
-from stage1_clip.evaluate import evaluate_clip
 from stage1_clip.feature_cache import open_caches
 from stage1_clip.grad_cache import LOSS_INPUTS, cached_step
 from stage1_clip.hard_negatives import HardNegatives
+from stage1_clip.input_size import InputSize, low_res_restart
 from stage1_clip.loss import build_loss
 from stage1_clip.model import CLIP
 from stage1_clip.tiled_loss import build_tiled_loss
@@ -44,8 +44,7 @@ class ClipStage(Stage):
         self.samples = cfg.data.train_samples or sample_count(self.urls)
         self.batches_per_epoch = accum * steps_per_epoch(self.samples, cfg.data.batch_size, accum,
                                                          distributed.world_size())
-        self.eval_set = (make_eval_set(resolve_shards(cfg.data.val), cfg.model.vision.image_size,
-                                       cfg.data.label_fields) if cfg.data.val else None)
+        self.lr_restart = low_res_restart(cfg, self.batches_per_epoch // accum)
         self.tokenizer = prepare_tokenizer(cfg, self.urls, out)
         self.model = CLIP(cfg.model, cfg.loss, getattr(self.tokenizer, "vocab_size", None))
         if cfg.train.compile: self.model.compile_towers()  # noqa: E701 (train.py stays short)
@@ -55,7 +54,8 @@ class ClipStage(Stage):
         self.skipped_samples = 0  # unreadable samples the loader left out
         self.origin = EpochOrigin(train_layout(distributed.world_size(), cfg.data.workers, cfg.data.batch_size))
         planned = self.mining is not None and self.mining.composition != "random"
-        self.caches = open_caches(self.model, cfg, Path(self.urls[0]).parent, planned, self.augment)
+        self.size = InputSize(cfg, self.model, self.mining,
+                              open_caches(self.model, cfg, Path(self.urls[0]).parent, planned, self.augment))
         self.prefetch_keys = () if self.model.image_cache else ("image",)  # a cache miss is drawn on the CPU
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +67,7 @@ class ClipStage(Stage):
             raise MmtoolError(f"--resume mid-epoch with hard negatives needs the layout the epoch began on ({origin})")
         planned = self.mining.loader(epoch, skip, self.augment) if self.mining else None
         return planned if planned is not None else make_train_loader(
-            self.urls, batch_size=self.cfg.data.batch_size, image_size=self.cfg.model.vision.image_size,
+            self.urls, batch_size=self.cfg.data.batch_size, image_size=self.size.pixels,
             epoch=epoch, seed=self.cfg.train.seed, rank=distributed.rank(), world_size=distributed.world_size(),
             workers=self.cfg.data.workers, batches_per_epoch=self.batches_per_epoch, skip_batches=skip,
             shuffle_buffer=self.cfg.data.shuffle_buffer, augment=self.augment, resampled=self.cfg.data.resampled,
@@ -86,21 +86,21 @@ class ClipStage(Stage):
         loss, temperature = train_step(engine, self.loss_fn, inputs)
         return StepResult(loss, samples=sum(len(batch["caption"]) for batch in micro_batches),
                           stats={"temperature": temperature, "skipped_samples": self.skipped_samples,
-                                 **{k: v for cache in self.caches for k, v in cache.stats().items()}})
+                                 **self.size.stats()})
 
     def evaluate(self, engine: TrainEngine) -> dict:
-        return {} if self.eval_set is None else evaluate_clip(engine.module, self.tokenize, self.eval_set,
-                                                              self.cfg.eval.templates, self.cfg.eval.batch_size)
+        return self.size.evaluate(engine.module, self.tokenize)
 
     def refresh(self, engine: TrainEngine, progress, log) -> bool:
-        """Re-mines hard negatives when due; True when the rest of the epoch's batches changed."""
+        """Input size and hard negatives when due; True when the rest of the epoch's batches changed."""
+        resized = self.size.follow(progress.step, log.message)
         if not (self.mining and self.mining.refresh_due(progress.step)):
-            return False
+            return resized
         started = time.perf_counter()
         changed = self.mining.refresh(engine.module, progress.step, progress.epoch,
                                       progress.batch_in_epoch * self.cfg.train.accum_steps)
         log.message(f"hard negatives refreshed at step {progress.step} in {time.perf_counter() - started:.1f} s")
-        return changed
+        return changed or resized
 
     def state(self) -> dict:
         return {"hard_negatives": self.mining.state() if self.mining else None, "epoch_layout": self.origin.state()}

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmtool.optim import ParamGroupRule, build_param_groups, cosine_with_warmup
+from mmtool.optim import ParamGroupRule, WarmRestart, build_param_groups, cosine_with_warmup, schedule_with_restart
 
 
 class Toy(nn.Module):
@@ -45,3 +45,16 @@ def test_cosine_with_warmup_shape():
     assert f(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     assert f(110) == pytest.approx(0.1)
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+def test_warm_restart_runs_a_second_warmup_and_cosine_from_its_step():
+    f = schedule_with_restart(warmup_steps=10, total_steps=200, restart=WarmRestart(step=150, warmup_steps=5, peak=0.4))
+    # Before the restart: a whole warm-up + cosine over the first 150 steps, written out.
+    assert f(9) == pytest.approx(1.0)
+    assert f(80) == pytest.approx(0.5 * (1 + math.cos(math.pi * 70 / 140)))
+    assert f(149) == pytest.approx(0.5 * (1 + math.cos(math.pi * 139 / 140)))
+    # From it: a linear warm-up to 0.4 over 5 steps, then cosine to 0 at step 200.
+    assert [f(s) for s in range(150, 155)] == pytest.approx([0.4 * k / 5 for k in range(1, 6)])
+    assert f(175) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * 20 / 45)))
+    assert f(200) == pytest.approx(0.0)
+    assert schedule_with_restart(10, 200)(80) == cosine_with_warmup(10, 200)(80)
