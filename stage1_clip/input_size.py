@@ -34,9 +34,9 @@ class InputSize:
         self.cfg, self.model, self.image_caches, self.mining = cfg, model, image_caches, mining
         self.pixels = None
         self.eval_sets = {}  # by size, built on first use
-        self.follow(0)
+        self.follow(0, say=None)  # the first size: nothing to tell
 
-    def follow(self, step: int, say=print) -> bool:
+    def follow(self, step: int, say) -> bool:
         """Trains at the size of optimizer step `step` from now on (`say` tells of a change); True on a change."""
         size = self.cfg.image_size_at(step)
         if size == self.pixels:
