@@ -15,7 +15,14 @@ ensembles.
 The vocabulary (names and groups) and its CLIP text embeddings are fixed when stage 3 starts and saved with the
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
-line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols."
+line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols." ("inline", the layout of
+models saved before 2026-12-03), or each name and group on a line of its own ("lines", the default).
+
+Why lines: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
+answer starts its turn at a line's start. In "Tags: dango" the name is " dang"+"o", the answer "dango" is
+"d"+"ango": the LLM has to respell the name from one set of tokens into another, and a 135M model misspells rare
+names in about one naming answer in twenty-five ("dangling dango", "videoocassette"; docs/stage23_results.md).
+On a line of its own, a tag's tokens are the answer's tokens.
 
 Training tags can be drawn from a noisy embedding (`noise`, model.tower_tags.train_noise): on the trained styles the
 tower's first name is almost always right, on a new artist's drawings often second to fifth. Noise of standard
@@ -27,16 +34,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtool.errors import MmtoolError
 from stage1_clip.evaluate import probabilities_from_names
 from stage2_projector.llm import IMAGE_TOKEN
 
 
+LAYOUTS = ("lines", "inline")
+
+
 class TowerTags(nn.Module):
     def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int,
-                 name_groups: list[int] | None = None, scale: float | None = None):
+                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = "lines"):
         """name_groups: each name's index in `groups` (-1: none) to rank groups through the names, at the CLIP's
-        logit `scale`; None: groups ranked by their own embeddings."""
+        logit `scale`; None: groups ranked by their own embeddings. layout: how a tag line is written (LAYOUTS)."""
         super().__init__()
+        if layout not in LAYOUTS:
+            raise MmtoolError(f"model.tower_tags.layout: one of {', '.join(LAYOUTS)}, got {layout!r}")
+        self.layout = layout
         self.names, self.groups = list(names), list(groups)
         self.name_count, self.group_count = min(name_count, len(names)), min(group_count, len(groups))
         self.name_groups, self.scale = name_groups, scale
@@ -52,12 +66,13 @@ class TowerTags(nn.Module):
         """What a checkpoint's record keeps to rebuild this module before its buffers load."""
         through_names = {"name_groups": self.name_groups, "scale": self.scale} if self.name_groups else {}
         return {"names": self.names, "groups": self.groups, "name_count": self.name_count,
-                "group_count": self.group_count, **through_names}
+                "group_count": self.group_count, "layout": self.layout, **through_names}
 
     @classmethod
     def from_record(cls, record: dict, embed_dim: int) -> "TowerTags":
+        # Older records rank groups by prompts and write their tags inline.
         return cls(record["names"], record["groups"], embed_dim, record["name_count"], record["group_count"],
-                   record.get("name_groups"), record.get("scale"))  # older records rank groups by prompts
+                   record.get("name_groups"), record.get("scale"), record.get("layout", "inline"))
 
     @torch.no_grad()
     def lines(self, image_embeddings: torch.Tensor, noise: float = 0.0,
@@ -70,8 +85,8 @@ class TowerTags(nn.Module):
             image_embeddings = F.normalize(image_embeddings + noise * draws.to(image_embeddings.device), dim=-1)
         names = (image_embeddings @ self.name_embeddings.T).topk(self.name_count, dim=1).indices  # [B, k]
         groups = self.group_scores(image_embeddings).topk(self.group_count, dim=1).indices  # [B, g]
-        return [tag_line([self.names[i] for i in name_row.tolist()], [self.groups[i] for i in group_row.tolist()])
-                for name_row, group_row in zip(names, groups)]
+        return [tag_line([self.names[i] for i in name_row.tolist()], [self.groups[i] for i in group_row.tolist()],
+                         self.layout) for name_row, group_row in zip(names, groups)]
 
     def group_scores(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """[B, D] -> [B, G]: P(group) through the names, or the similarity to each group's own embedding."""
@@ -81,13 +96,12 @@ class TowerTags(nn.Module):
                                         self.grouped_name_groups, len(self.groups), self.scale)  # [B, G]
 
 
-def tag_line(names: list[str], groups: list[str]) -> str:
-    parts = []
-    if names:
-        parts.append(f"Tags: {'; '.join(names)}.")
-    if groups:
-        parts.append(f"Groups: {'; '.join(groups)}.")
-    return " ".join(parts)
+def tag_line(names: list[str], groups: list[str], layout: str = "lines") -> str:
+    """The tags as text: "Tags: a; b. Groups: x." inline, or "Tags:\\na\\nb\\nGroups:\\nx" in lines."""
+    heads = [(head, items) for head, items in (("Tags", names), ("Groups", groups)) if items]
+    if layout == "inline":
+        return " ".join(f"{head}: {'; '.join(items)}." for head, items in heads)
+    return "\n".join(f"{head}:\n" + "\n".join(items) for head, items in heads)
 
 
 def tagged(content: str, line: str) -> str:

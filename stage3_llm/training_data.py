@@ -95,7 +95,8 @@ def set_tower_tags(cfg: FinetuneConfig, bundle: VlmBundle) -> None:
                           "(--set model.tower_tags.names=0 --set model.tower_tags.groups=0)")
     conversations, _ = read_conversations(cfg.data.train, cfg.data.image_folder, cfg.data.image_shards)
     clip = load_tower(bundle.record, str(cfg.model.base or cfg.model.vision), None, any_vision=False)
-    bundle.model.tower_tags = build_tower_tags(clip, conversations, settings.names, settings.groups)
+    bundle.model.tower_tags = build_tower_tags(clip, conversations, settings.names, settings.groups,
+                                                settings.layout)
     bundle.record["tower_tags"] = bundle.model.tower_tags.record()
 
 

@@ -11,6 +11,7 @@ from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
 from mmtool.data.reading.images import load_image
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
+from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from stage2_projector.checkpoint import build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
 from stage2_projector.tower_tags import TowerTags, tag_line, tagged
@@ -23,6 +24,7 @@ from stage3_llm.tower import candidate_embeddings, candidates, extended_tags, na
 from stage3_llm.train import finetune
 from stage3_llm.training_data import finetune_datasets, set_tower_tags, training_view
 from tests.stage1_clip.test_train_e2e import mmtool
+from tests.stage2_projector.test_chat_format import smollm2_tokenizer  # noqa: F401 - a fixture
 from tests.stage3_llm.test_finetune import config, parts  # noqa: F401 - parts is a fixture
 
 
@@ -37,8 +39,8 @@ def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
     for image in images.double():
         name_order = (tags.name_embeddings.double() @ image).argsort(descending=True)[:3]
         group_order = (tags.group_embeddings.double() @ image).argsort(descending=True)[:2]
-        expected.append(f"Tags: {'; '.join(names[i] for i in name_order)}. "
-                        f"Groups: {'; '.join(groups[i] for i in group_order)}.")
+        expected.append("Tags:\n" + "\n".join(names[i] for i in name_order) + "\nGroups:\n"
+                        + "\n".join(groups[i] for i in group_order))
     assert tags.lines(images) == expected
 
 
@@ -70,16 +72,48 @@ def test_groups_through_names_rank_by_their_names_softmax_mass_in_float64():
         weights = (10.0 * tags.name_embeddings.double() @ image).exp()  # [12]
         mass = [sum(weights[i].item() for i in range(12) if name_groups[i] == g) for g in range(4)]
         order = sorted(range(4), key=lambda g: -mass[g])
-        assert line.endswith(f"Groups: {'; '.join(groups[g] for g in order)}.")
+        assert line.endswith("Groups:\n" + "\n".join(groups[g] for g in order))
     rebuilt = TowerTags.from_record(tags.record(), embed_dim=8)
-    assert rebuilt.name_groups == name_groups and rebuilt.scale == 10.0
+    assert rebuilt.name_groups == name_groups and rebuilt.scale == 10.0 and rebuilt.layout == "lines"
+
+
+def test_a_record_without_a_layout_writes_inline_as_models_saved_before_layouts_did():
+    record = TowerTags(["cat", "dog"], ["Animals"], embed_dim=8, name_count=2, group_count=1).record()
+    del record["layout"]
+    assert TowerTags.from_record(record, embed_dim=8).layout == "inline"
+    with pytest.raises(MmtoolError, match="layout.*'table'"):
+        TowerTags(["cat"], [], embed_dim=8, name_count=1, group_count=0, layout="table")
+
+
+@pytest.mark.parametrize("layout, copies", [("lines", True), ("inline", False)])
+def test_a_tag_on_its_own_line_has_the_tokens_of_an_answer_that_names_it(smollm2_tokenizer, layout, copies):
+    """SmolLM2's byte-level BPE splits "dango" after a space as " dang"+"o" and at an answer's start as "d"+"ango":
+    inline tags make the LLM respell a name it copies, tags on lines of their own do not."""
+    names = ["dango", "videocassette", "carpentry saw"]
+    line = tag_line(names, ["Food & Drink"], layout)
+    for name in names:
+        turns = [{"role": "user", "content": tagged("<image>\nWhat is this?", line)},
+                 {"role": "assistant", "content": name}]
+        ids, labels = encode_conversation(smollm2_tokenizer, turns, "<image>", 1)
+        answer = [label for label in labels if label != IGNORE_INDEX][:-1]  # the name, without the end of turn
+        prompt = ids[:labels.index(answer[0])]
+        found = any(prompt[i:i + len(answer)] == answer for i in range(len(prompt)))
+        assert found == copies, (layout, name)
 
 
 def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
     assert tagged("<image>\nIs this a cat?", "Tags: cat.") == "<image>\nTags: cat.\nIs this a cat?"
     assert tagged("And its group?", "Tags: cat.") == "And its group?"
-    assert tag_line(["cat", "dog"], []) == "Tags: cat; dog."
-    assert tag_line([], ["Animals"]) == "Groups: Animals."
+    assert tag_line(["cat", "dog"], [], "inline") == "Tags: cat; dog."
+    assert tag_line([], ["Animals"], "inline") == "Groups: Animals."
+    assert tag_line(["cat", "dog"], []) == "Tags:\ncat\ndog"
+    assert tag_line([], ["Animals"]) == "Groups:\nAnimals"
+
+
+def first_tags(line: str) -> tuple[str, str | None]:
+    """A lines-layout tag line's first name and first group (None without groups)."""
+    rows = line.split("\n")
+    return rows[1], rows[rows.index("Groups:") + 1] if "Groups:" in rows else None
 
 
 def tagged_config(parts, *extra):  # noqa: F811 - parts: test_finetune's aligned tiny VLM with the embedding token
@@ -103,12 +137,12 @@ def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_
     # The first tag is the tower baseline's own naming answer, computed from the CLIP checkpoint alone.
     images = sorted({c.image for c in conversations})
     pixels = torch.stack([bundle.preprocess(source.read(image)) for image in images])
-    first_names = [line.removeprefix("Tags: ").split(";")[0] for line in tag_lines(bundle.model, pixels)]
+    first_names = [first_tags(line)[0] for line in tag_lines(bundle.model, pixels)]
     pairs = name_group_pairs(conversations)
     assert first_names == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(images), images, source, vocabulary, pairs)
     # Groups are ranked through the names (each image of the file was asked both), as the tower baseline ranks them.
     assert bundle.record["tower_tags"]["name_groups"] == [vocabulary["group"].index(pairs[n]) for n in tags.names]
-    first_groups = [line.split("Groups: ")[1].split(";")[0].rstrip(".") for line in tag_lines(bundle.model, pixels)]
+    first_groups = [first_tags(line)[1] for line in tag_lines(bundle.model, pixels)]
     assert first_groups == tower_answers(clip, [GROUP_QUESTION] * len(images), images, source, vocabulary, pairs)
 
     # Training text and generation prompts carry the same line after the image.
@@ -136,7 +170,7 @@ def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_
     val_images = sorted({c.image for c in val_conversations})
     val_pixels = torch.stack([bundle.preprocess(val_source.read(image)) for image in val_images])
     own_tags, bundle.model.tower_tags = bundle.model.tower_tags, wider
-    wider_first = [line.removeprefix("Tags: ").split(";")[0] for line in tag_lines(bundle.model, val_pixels)]
+    wider_first = [first_tags(line)[0] for line in tag_lines(bundle.model, val_pixels)]
     bundle.model.tower_tags = own_tags
     union = {"name": wider.names, "group": wider.groups}
     assert wider_first == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(val_images), val_images, val_source, union, {})
