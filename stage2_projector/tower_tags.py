@@ -39,7 +39,7 @@ from stage1_clip.evaluate import probabilities_from_names
 from stage2_projector.llm import IMAGE_TOKEN
 
 
-LAYOUTS = ("lines", "inline")
+LAYOUTS = ("lines", "inline", "both")
 
 
 class TowerTags(nn.Module):
@@ -97,10 +97,14 @@ class TowerTags(nn.Module):
 
 
 def tag_line(names: list[str], groups: list[str], layout: str = "lines") -> str:
-    """The tags as text: "Tags: a; b. Groups: x." inline, or "Tags:\\na\\nb\\nGroups:\\nx" in lines."""
+    """The tags as text: "Tags: a; b. Groups: x." inline, "Tags:\\na\\nb\\nGroups:\\nx" in lines, and in both
+    the inline text followed by every tag at a line's start ("Tags: a; b. Groups: x.\\na\\nb\\nx")."""
     heads = [(head, items) for head, items in (("Tags", names), ("Groups", groups)) if items]
+    inline = " ".join(f"{head}: {'; '.join(items)}." for head, items in heads)
     if layout == "inline":
-        return " ".join(f"{head}: {'; '.join(items)}." for head, items in heads)
+        return inline
+    if layout == "both":
+        return "\n".join([inline, *names, *groups])
     return "\n".join(f"{head}:\n" + "\n".join(items) for head, items in heads)
 
 
