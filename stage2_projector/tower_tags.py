@@ -16,13 +16,15 @@ The vocabulary (names and groups) and its CLIP text embeddings are fixed when st
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
 line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols." ("inline", the layout of
-models saved before 2026-12-03), or each name and group on a line of its own ("lines", the default).
+models saved before 2026-12-03), or each name on a line of its own ("lines", the default).
 
 Why lines: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
 answer starts its turn at a line's start. In "Tags: dango" the name is " dang"+"o", the answer "dango" is
 "d"+"ango": the LLM has to respell the name from one set of tokens into another, and a 135M model misspells rare
-names in about one naming answer in twenty-five ("dangling dango", "videoocassette"; docs/stage23_results.md).
-On a line of its own, a tag's tokens are the answer's tokens.
+names in about one naming answer in twenty-five ("dangling dango", "videoocassette"; docs/stage23_style_shift.md, K1).
+On a line of its own, a name's tokens are the answer's tokens. Groups stay on one line after a space: a yes/no
+question names a group mid-sentence ("Does this belong to the Food & Drink group?"), and groups on lines of their
+own lowered those answers by 7 points while group answers, common words split alike either way, gained nothing.
 
 Training tags can be drawn from a noisy embedding (`noise`, model.tower_tags.train_noise): on the trained styles the
 tower's first name is almost always right, on a new artist's drawings often second to fifth. Noise of standard
@@ -39,7 +41,7 @@ from stage1_clip.evaluate import probabilities_from_names
 from stage2_projector.llm import IMAGE_TOKEN
 
 
-LAYOUTS = ("lines", "inline", "both")
+LAYOUTS = ("lines", "inline")
 
 
 class TowerTags(nn.Module):
@@ -97,15 +99,13 @@ class TowerTags(nn.Module):
 
 
 def tag_line(names: list[str], groups: list[str], layout: str = "lines") -> str:
-    """The tags as text: "Tags: a; b. Groups: x." inline, "Tags:\\na\\nb\\nGroups:\\nx" in lines, and in both
-    the inline text followed by every tag at a line's start ("Tags: a; b. Groups: x.\\na\\nb\\nx")."""
-    heads = [(head, items) for head, items in (("Tags", names), ("Groups", groups)) if items]
-    inline = " ".join(f"{head}: {'; '.join(items)}." for head, items in heads)
+    """The tags as text: "Tags: a; b. Groups: x; y." inline, or "Tags:\\na\\nb\\nGroups: x; y." in lines."""
+    group_part = [f"Groups: {'; '.join(groups)}."] if groups else []
+    if not names:
+        return " ".join(group_part)
     if layout == "inline":
-        return inline
-    if layout == "both":
-        return "\n".join([inline, *names, *groups])
-    return "\n".join(f"{head}:\n" + "\n".join(items) for head, items in heads)
+        return " ".join([f"Tags: {'; '.join(names)}.", *group_part])
+    return "\n".join(["Tags:", *names, *group_part])
 
 
 def tagged(content: str, line: str) -> str:

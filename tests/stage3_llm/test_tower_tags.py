@@ -39,8 +39,8 @@ def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
     for image in images.double():
         name_order = (tags.name_embeddings.double() @ image).argsort(descending=True)[:3]
         group_order = (tags.group_embeddings.double() @ image).argsort(descending=True)[:2]
-        expected.append("Tags:\n" + "\n".join(names[i] for i in name_order) + "\nGroups:\n"
-                        + "\n".join(groups[i] for i in group_order))
+        expected.append("Tags:\n" + "\n".join(names[i] for i in name_order)
+                        + f"\nGroups: {'; '.join(groups[i] for i in group_order)}.")
     assert tags.lines(images) == expected
 
 
@@ -72,7 +72,7 @@ def test_groups_through_names_rank_by_their_names_softmax_mass_in_float64():
         weights = (10.0 * tags.name_embeddings.double() @ image).exp()  # [12]
         mass = [sum(weights[i].item() for i in range(12) if name_groups[i] == g) for g in range(4)]
         order = sorted(range(4), key=lambda g: -mass[g])
-        assert line.endswith("Groups:\n" + "\n".join(groups[g] for g in order))
+        assert line.endswith(f"Groups: {'; '.join(groups[g] for g in order)}.")
     rebuilt = TowerTags.from_record(tags.record(), embed_dim=8)
     assert rebuilt.name_groups == name_groups and rebuilt.scale == 10.0 and rebuilt.layout == "lines"
 
@@ -85,20 +85,30 @@ def test_a_record_without_a_layout_writes_inline_as_models_saved_before_layouts_
         TowerTags(["cat"], [], embed_dim=8, name_count=1, group_count=0, layout="table")
 
 
-@pytest.mark.parametrize("layout, copies", [("lines", True), ("inline", False)])
-def test_a_tag_on_its_own_line_has_the_tokens_of_an_answer_that_names_it(smollm2_tokenizer, layout, copies):
-    """SmolLM2's byte-level BPE splits "dango" after a space as " dang"+"o" and at an answer's start as "d"+"ango":
-    inline tags make the LLM respell a name it copies, tags on lines of their own do not."""
+def contains(ids: list[int], part: list[int]) -> bool:
+    return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
+
+
+@pytest.mark.parametrize("layout, as_answered, as_asked", [("lines", True, False), ("inline", False, True)])
+def test_a_tag_at_a_lines_start_has_the_tokens_of_an_answer_that_names_it(
+        smollm2_tokenizer, layout, as_answered, as_asked):  # noqa: F811 - smollm2_tokenizer is a fixture
+    """SmolLM2's byte-level BPE splits "dango" after a space as " dang"+"o" (as a question names it) and at an
+    answer's start as "d"+"ango": inline names make the LLM respell a name it copies, names on lines of their own
+    make it compare differently split names with a question's. Groups keep the form a question asks them in, in both
+    layouts (docs/stage23_style_shift.md, K1)."""
     names = ["dango", "videocassette", "carpentry saw"]
     line = tag_line(names, ["Food & Drink"], layout)
     for name in names:
-        turns = [{"role": "user", "content": tagged("<image>\nWhat is this?", line)},
+        turns = [{"role": "user", "content": tagged(f"<image>\nIs this {name}?", line)},
                  {"role": "assistant", "content": name}]
         ids, labels = encode_conversation(smollm2_tokenizer, turns, "<image>", 1)
         answer = [label for label in labels if label != IGNORE_INDEX][:-1]  # the name, without the end of turn
         prompt = ids[:labels.index(answer[0])]
-        found = any(prompt[i:i + len(answer)] == answer for i in range(len(prompt)))
-        assert found == copies, (layout, name)
+        tags = smollm2_tokenizer(line, add_special_tokens=False)["input_ids"]
+        asked = smollm2_tokenizer(f" {name}", add_special_tokens=False)["input_ids"]
+        assert answer != asked and contains(prompt, tags) and contains(prompt, asked)
+        assert (contains(tags, answer), contains(tags, asked)) == (as_answered, as_asked), name
+    assert contains(tags, smollm2_tokenizer(" Food & Drink", add_special_tokens=False)["input_ids"])
 
 
 def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
@@ -107,13 +117,15 @@ def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
     assert tag_line(["cat", "dog"], [], "inline") == "Tags: cat; dog."
     assert tag_line([], ["Animals"], "inline") == "Groups: Animals."
     assert tag_line(["cat", "dog"], []) == "Tags:\ncat\ndog"
-    assert tag_line([], ["Animals"]) == "Groups:\nAnimals"
+    assert tag_line([], ["Animals"]) == "Groups: Animals."
+    assert tag_line(["cat"], ["Animals", "Pets"]) == "Tags:\ncat\nGroups: Animals; Pets."
 
 
 def first_tags(line: str) -> tuple[str, str | None]:
     """A lines-layout tag line's first name and first group (None without groups)."""
     rows = line.split("\n")
-    return rows[1], rows[rows.index("Groups:") + 1] if "Groups:" in rows else None
+    groups = rows[-1].removeprefix("Groups: ").rstrip(".").split("; ") if rows[-1].startswith("Groups: ") else [None]
+    return rows[1], groups[0]
 
 
 def tagged_config(parts, *extra):  # noqa: F811 - parts: test_finetune's aligned tiny VLM with the embedding token
