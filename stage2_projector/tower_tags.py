@@ -15,16 +15,16 @@ ensembles.
 The vocabulary (names and groups) and its CLIP text embeddings are fixed when stage 3 starts and saved with the
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
-line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols." ("inline", the layout of
-models saved before 2026-12-03), or each name on a line of its own ("lines", the default).
+line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols." ("inline", the default),
+or with each name on a line of its own ("lines").
 
 Why lines: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
 answer starts its turn at a line's start. In "Tags: dango" the name is " dang"+"o", the answer "dango" is
 "d"+"ango": the LLM has to respell the name from one set of tokens into another, and a 135M model misspells rare
 names in about one naming answer in twenty-five ("dangling dango", "videoocassette"; docs/stage23_style_shift.md, K1).
-On a line of its own, a name's tokens are the answer's tokens. Groups stay on one line after a space: a yes/no
-question names a group mid-sentence ("Does this belong to the Food & Drink group?"), and groups on lines of their
-own lowered those answers by 7 points while group answers, common words split alike either way, gained nothing.
+On a line of its own, a name's tokens are the answer's tokens: misspelled names 16 -> 1 in 300. Groups stay after
+a space, as a yes/no question names them. Why inline stays the default: every layout with names on lines answered
+yes/no about 2 points lower (78.7-79.3% against 80.7-81.7% in three and two runs) for about 1 point of naming.
 
 Training tags can be drawn from a noisy embedding (`noise`, model.tower_tags.train_noise): on the trained styles the
 tower's first name is almost always right, on a new artist's drawings often second to fifth. Noise of standard
@@ -46,7 +46,7 @@ LAYOUTS = ("lines", "inline")
 
 class TowerTags(nn.Module):
     def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int,
-                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = "lines"):
+                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = "inline"):
         """name_groups: each name's index in `groups` (-1: none) to rank groups through the names, at the CLIP's
         logit `scale`; None: groups ranked by their own embeddings. layout: how a tag line is written (LAYOUTS)."""
         super().__init__()
@@ -98,7 +98,7 @@ class TowerTags(nn.Module):
                                         self.grouped_name_groups, len(self.groups), self.scale)  # [B, G]
 
 
-def tag_line(names: list[str], groups: list[str], layout: str = "lines") -> str:
+def tag_line(names: list[str], groups: list[str], layout: str = "inline") -> str:
     """The tags as text: "Tags: a; b. Groups: x; y." inline, or "Tags:\\na\\nb\\nGroups: x; y." in lines."""
     group_part = [f"Groups: {'; '.join(groups)}."] if groups else []
     if not names:

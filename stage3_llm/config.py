@@ -31,9 +31,9 @@ class TowerTagSettings:
     # (about the same deviation on each image-name cosine similarity); validation, chat and eval-llava tag clean
     # embeddings. 0.15 lowered every held-out score (docs/stage23_style_shift.md, C2; stage2_projector/tower_tags.py).
     train_noise: float = 0.0
-    # "lines": each name and group on a line of its own, so its tokens are those of an answer naming it; "inline":
-    # "Tags: a; b. Groups: x." (stage2_projector/tower_tags.py says why lines).
-    layout: str = "lines"
+    # "inline": "Tags: a; b. Groups: x; y."; "lines": each name on a line of its own, so that its tokens are those of
+    # an answer naming it (no misspelled names, about 2 points less yes/no; stage2_projector/tower_tags.py).
+    layout: str = "inline"
 
 
 @dataclass

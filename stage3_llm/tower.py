@@ -194,7 +194,7 @@ def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch
 
 
 def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: set[str],
-                   name_groups: list[int] | None, names: int = 0, groups: int = 0, layout: str = "lines") -> TowerTags:
+                   name_groups: list[int] | None, names: int = 0, groups: int = 0, layout: str = "inline") -> TowerTags:
     """TowerTags over `vocabulary` with the `kinds` ("name", "group") embedded as candidates, groups ranked through
     the names when `name_groups` is given."""
     tags = TowerTags(vocabulary["name"], vocabulary["group"], clip.config.model.embed_dim, names, groups,
@@ -206,7 +206,7 @@ def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: se
 
 
 def build_tower_tags(clip: ClipBundle, conversations: list[Conversation], names: int, groups: int,
-                     layout: str = "lines") -> TowerTags:
+                     layout: str = "inline") -> TowerTags:
     """Tags over every name and group the conversations ask about or answer with, embedded and ranked as the tower
     baseline ranks its candidates (so a tag line lists the tower baseline's own top answers)."""
     vocabulary = candidates(conversations)

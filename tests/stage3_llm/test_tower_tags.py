@@ -31,7 +31,7 @@ from tests.stage3_llm.test_finetune import config, parts  # noqa: F401 - parts i
 def test_tag_lines_rank_the_vocabulary_as_a_float64_reference():
     generator = torch.Generator().manual_seed(0)
     names, groups = [f"name {i}" for i in range(12)], [f"group {i}" for i in range(4)]
-    tags = TowerTags(names, groups, embed_dim=8, name_count=3, group_count=2)
+    tags = TowerTags(names, groups, embed_dim=8, name_count=3, group_count=2, layout="lines")
     tags.name_embeddings.copy_(F.normalize(torch.randn(12, 8, generator=generator), dim=-1))
     tags.group_embeddings.copy_(F.normalize(torch.randn(4, 8, generator=generator), dim=-1))
     images = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)  # [5, 8]
@@ -65,7 +65,8 @@ def test_groups_through_names_rank_by_their_names_softmax_mass_in_float64():
     generator = torch.Generator().manual_seed(1)
     names, groups = [f"name {i}" for i in range(12)], [f"group {i}" for i in range(4)]
     name_groups = [i % 4 if i != 5 else -1 for i in range(12)]  # name 5 has no group: left out
-    tags = TowerTags(names, groups, embed_dim=8, name_count=1, group_count=4, name_groups=name_groups, scale=10.0)
+    tags = TowerTags(names, groups, embed_dim=8, name_count=1, group_count=4, name_groups=name_groups, scale=10.0,
+                     layout="lines")
     tags.name_embeddings.copy_(F.normalize(torch.randn(12, 8, generator=generator), dim=-1))
     images = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)  # [5, 8]
     for image, line in zip(images.double(), tags.lines(images)):
@@ -78,7 +79,8 @@ def test_groups_through_names_rank_by_their_names_softmax_mass_in_float64():
 
 
 def test_a_record_without_a_layout_writes_inline_as_models_saved_before_layouts_did():
-    record = TowerTags(["cat", "dog"], ["Animals"], embed_dim=8, name_count=2, group_count=1).record()
+    record = TowerTags(["cat", "dog"], ["Animals"], embed_dim=8, name_count=2, group_count=1,
+                       layout="lines").record()
     del record["layout"]
     assert TowerTags.from_record(record, embed_dim=8).layout == "inline"
     with pytest.raises(MmtoolError, match="layout.*'table'"):
@@ -116,9 +118,9 @@ def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
     assert tagged("And its group?", "Tags: cat.") == "And its group?"
     assert tag_line(["cat", "dog"], [], "inline") == "Tags: cat; dog."
     assert tag_line([], ["Animals"], "inline") == "Groups: Animals."
-    assert tag_line(["cat", "dog"], []) == "Tags:\ncat\ndog"
-    assert tag_line([], ["Animals"]) == "Groups: Animals."
-    assert tag_line(["cat"], ["Animals", "Pets"]) == "Tags:\ncat\nGroups: Animals; Pets."
+    assert tag_line(["cat", "dog"], [], "lines") == "Tags:\ncat\ndog"
+    assert tag_line([], ["Animals"], "lines") == "Groups: Animals."
+    assert tag_line(["cat"], ["Animals", "Pets"], "lines") == "Tags:\ncat\nGroups: Animals; Pets."
 
 
 def first_tags(line: str) -> tuple[str, str | None]:
@@ -130,7 +132,7 @@ def first_tags(line: str) -> tuple[str, str | None]:
 
 def tagged_config(parts, *extra):  # noqa: F811 - parts: test_finetune's aligned tiny VLM with the embedding token
     return config(parts, "train.max_steps=2", "data.batch_size=4", "data.feature_cache=null",
-                  "model.tower_tags.names=3", "model.tower_tags.groups=2", *extra)
+                  "model.tower_tags.names=3", "model.tower_tags.groups=2", "model.tower_tags.layout=lines", *extra)
 
 
 @pytest.mark.slow
