@@ -21,7 +21,7 @@ or with each name on a line of its own ("lines").
 Why lines: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
 answer starts its turn at a line's start. In "Tags: dango" the name is " dang"+"o", the answer "dango" is
 "d"+"ango": the LLM has to respell the name from one set of tokens into another, and a 135M model misspells rare
-names in about one naming answer in twenty-five ("dangling dango", "videoocassette"; docs/stage23_style_shift.md, K1).
+names in about one naming answer in twenty ("dangling dango", "videoocassette"; docs/stage23_style_shift.md, K1).
 On a line of its own, a name's tokens are the answer's tokens: misspelled names 16 -> 1 in 300. Groups stay after
 a space, as a yes/no question names them. Why inline stays the default: every layout with names on lines answered
 yes/no about 2 points lower (78.7-79.3% against 80.7-81.7% in three and two runs) for about 1 point of naming.
