@@ -41,12 +41,13 @@ from stage1_clip.evaluate import probabilities_from_names
 from stage2_projector.llm import IMAGE_TOKEN
 
 
-LAYOUTS = ("lines", "inline")
+LAYOUTS = ("inline", "lines")
+DEFAULT_LAYOUT = LAYOUTS[0]
 
 
 class TowerTags(nn.Module):
     def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int,
-                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = "inline"):
+                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = DEFAULT_LAYOUT):
         """name_groups: each name's index in `groups` (-1: none) to rank groups through the names, at the CLIP's
         logit `scale`; None: groups ranked by their own embeddings. layout: how a tag line is written (LAYOUTS)."""
         super().__init__()
@@ -98,7 +99,7 @@ class TowerTags(nn.Module):
                                         self.grouped_name_groups, len(self.groups), self.scale)  # [B, G]
 
 
-def tag_line(names: list[str], groups: list[str], layout: str = "inline") -> str:
+def tag_line(names: list[str], groups: list[str], layout: str = DEFAULT_LAYOUT) -> str:
     """The tags as text: "Tags: a; b. Groups: x; y." inline, or "Tags:\\na\\nb\\nGroups: x; y." in lines."""
     group_part = [f"Groups: {'; '.join(groups)}."] if groups else []
     if not names:

@@ -32,7 +32,7 @@ from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import ClipBundle, load_clip
 from stage1_clip.evaluate import commonest_labels, embed_images, embed_texts
 from stage2_projector.llm import IMAGE_TOKEN
-from stage2_projector.tower_tags import TowerTags
+from stage2_projector.tower_tags import DEFAULT_LAYOUT, TowerTags
 from stage3_llm.conversations import Conversation, ImageSource
 
 NAME_TEMPLATE = "an emoji of {}"
@@ -194,7 +194,8 @@ def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch
 
 
 def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: set[str],
-                   name_groups: list[int] | None, names: int = 0, groups: int = 0, layout: str = "inline") -> TowerTags:
+                   name_groups: list[int] | None, names: int = 0, groups: int = 0,
+                   layout: str = DEFAULT_LAYOUT) -> TowerTags:
     """TowerTags over `vocabulary` with the `kinds` ("name", "group") embedded as candidates, groups ranked through
     the names when `name_groups` is given."""
     tags = TowerTags(vocabulary["name"], vocabulary["group"], clip.config.model.embed_dim, names, groups,
@@ -206,7 +207,7 @@ def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: se
 
 
 def build_tower_tags(clip: ClipBundle, conversations: list[Conversation], names: int, groups: int,
-                     layout: str = "inline") -> TowerTags:
+                     layout: str = DEFAULT_LAYOUT) -> TowerTags:
     """Tags over every name and group the conversations ask about or answer with, embedded and ranked as the tower
     baseline ranks its candidates (so a tag line lists the tower baseline's own top answers)."""
     vocabulary = candidates(conversations)
