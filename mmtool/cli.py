@@ -65,18 +65,30 @@ def eval_clip(
     json_out: OutJsonOption = None,
     checkpoint: OldCheckpointArgument = None,
     old_json: OldJsonPath = None,
+    style_views: Annotated[Optional[str], typer.Option(
+        help="Embed each image as the mean over these renderings, e.g. plain,grayscale,outline,contour,stroke; "
+             "'plain' for the crop alone [default: the checkpoint's eval.style_views]")] = None,
 ):
     """Image<->text retrieval recall and zero-shot accuracy of a CLIP checkpoint."""
     from mmtool.data.reading.loader import make_eval_set, resolve_shards
     from stage1_clip.checkpoint import load_clip
     from stage1_clip.evaluate import evaluate_clip
+    from stage1_clip.style_views import check_views
 
     json_out = one_of(json_out, old_json, "--out-json")
     bundle = load_clip(required(one_of(clip, checkpoint, "--clip"), "--clip"))
     cfg = bundle.config
-    eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields)
+    views = cfg.eval.style_views if style_views is None else [view.strip() for view in style_views.split(",")]
+    try:
+        check_views(views)
+    except ValueError as err:
+        raise MmtoolError(f"--style-views: {err}") from None
+    views = [] if views == ["plain"] else views
+    eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields,
+                             keep_crops=bool(views))
     metrics = evaluate_clip(bundle.model, bundle.tokenize, eval_set, cfg.eval.templates, cfg.eval.batch_size,
-                            show_progress=True)
+                            show_progress=True, style_views=views)
+    metrics["style_views"] = ",".join(views or ["plain"])
     print_table(metrics)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -153,6 +153,15 @@ class EvalConfig:
     templates: list[str] = field(default_factory=lambda: [
         "an emoji of {}.", "a {} emoji.", "an icon of {}.", "a drawing of {}.", "{}"])
     batch_size: int = 256
+    # Test-time style views (stage1_clip/style_views.py): an image's embedding is the mean over these renderings,
+    # e.g. [plain, grayscale, outline, contour, stroke], in eval-clip; empty: the plain crop alone. The val
+    # evaluations inside a training run use the plain crop.
+    style_views: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        from stage1_clip.style_views import check_views
+
+        check_views(self.style_views)
 
 
 @dataclass

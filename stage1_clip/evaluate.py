@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.progress import progress
+from stage1_clip.style_views import embed_views
 
 
 def batch_starts(total: int, batch_size: int, desc: str | None):
@@ -130,13 +131,15 @@ def accuracy_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, caption
 
 
 def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_size: int = 256,
-                  show_progress: bool = False) -> dict:
+                  show_progress: bool = False, style_views: list[str] = ()) -> dict:
     """eval_set: {"image": [N,3,H,W], "caption": [N], "labels": {field: [N]}}, as make_eval_set gives.
-    show_progress: bars over the embedding (eval-clip; not the evaluations inside a training run's own bar)."""
+    show_progress: bars over the embedding (eval-clip; not the evaluations inside a training run's own bar).
+    style_views: images embedded as the mean over these renderings of eval_set["crop"] (stage1_clip/style_views.py)."""
     was_training = model.training
     model.eval()
     image_desc, text_desc = ("embed images", "embed captions") if show_progress else (None, None)
-    image_emb = embed_images(model, eval_set["image"], batch_size, image_desc)  # [N, D]
+    image_emb = (embed_views(model, eval_set["crop"], list(style_views), batch_size, image_desc) if style_views
+                 else embed_images(model, eval_set["image"], batch_size, image_desc))  # [N, D]
     text_emb = embed_texts(model, tokenize, eval_set["caption"], batch_size, text_desc)  # [N, D]
     metrics = retrieval_recall(image_emb, text_emb, eval_set["caption"])
     for field, labels in eval_set["labels"].items():

@@ -104,10 +104,8 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     return normalize_pixels(to_pixels(img))  # [3, H, W]
 
 
-def eval_transform(img: Image.Image, size: int, style: StyleAugment | None = None,
-                   rng: np.random.Generator | None = None) -> torch.Tensor:
-    """Shorter side to `size` (bicubic), centre crop, CLIP normalisation -> [3, size, size] float32; with `style`,
-    its rendering changes (augment.after_crop, drawn from `rng`) on the crop first: a styled view of the same crop.
+def eval_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to `size` (bicubic), then the centre size x size crop.
 
     Only the crop is resampled (Pillow's resize `box`), with the coordinates the full resize would map it from:
     the same pixels, but work and memory stay O(size²) however tall or wide the image (a 1x65536 image would
@@ -119,11 +117,17 @@ def eval_transform(img: Image.Image, size: int, style: StyleAugment | None = Non
     left = int(round((new_size[0] - size) / 2.0))
     top = int(round((new_size[1] - size) / 2.0))
     if new_size == img.size:
-        crop = img.crop((left, top, left + size, top + size))
-    else:
-        x_scale, y_scale = width / new_size[0], height / new_size[1]  # input pixels per resized pixel
-        box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
-        crop = img.resize((size, size), Image.BICUBIC, box=box)
+        return img.crop((left, top, left + size, top + size))
+    x_scale, y_scale = width / new_size[0], height / new_size[1]  # input pixels per resized pixel
+    box = (left * x_scale, top * y_scale, (left + size) * x_scale, (top + size) * y_scale)
+    return img.resize((size, size), Image.BICUBIC, box=box)
+
+
+def eval_transform(img: Image.Image, size: int, style: StyleAugment | None = None,
+                   rng: np.random.Generator | None = None) -> torch.Tensor:
+    """eval_crop, CLIP normalisation -> [3, size, size] float32; with `style`, its rendering changes
+    (augment.after_crop, drawn from `rng`) on the crop first: a styled view of the same crop."""
+    crop = eval_crop(img, size)
     return to_normalized_tensor(crop if style is None else after_crop(crop, style, rng))
 
 

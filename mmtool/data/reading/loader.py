@@ -26,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mmtool.data.reading.augment import pick_caption
-from mmtool.data.reading.images import AugmentConfig, BadSample, eval_transform, load_image, open_image, train_pixels
+from mmtool.data.reading.images import (AugmentConfig, BadSample, eval_crop, load_image, open_image,
+                                        to_normalized_tensor, train_pixels)
 from mmtool.data.reading.relayout import Layout, origin_positions
 from mmtool.data.reading.sample_format import RawSample
 from mmtool.data.reading.sample_stream import parsed_samples, seeded_rng, slot_samples
@@ -200,20 +201,24 @@ def make_train_loader(urls: list[str], *, batch_size: int, image_size: int, epoc
     return TrainLoader(dataset, workers, max(batches_per_epoch - skip_batches, 0))
 
 
-def make_eval_set(urls: list[str], image_size: int, label_fields=("group", "subgroup")) -> dict:
+def make_eval_set(urls: list[str], image_size: int, label_fields=("group", "subgroup"),
+                  keep_crops: bool = False) -> dict:
     """Every usable sample of the shards, in order, eval-transformed into memory.
 
     Returns {"image": [N, 3, H, W], "caption": [N] canonical captions, "labels": {field: [N]}, "key": [N],
     "skipped": {reason: count}}; a label field is kept only when every sample has it as a string or number.
+    keep_crops adds "crop": the [N] RGB crops before normalisation, for style views (stage1_clip/style_views.py).
     """
     skipped = Counter()
-    images, captions, keys, metas = [], [], [], []
+    images, crops, captions, keys, metas = [], [], [], [], []
     for raw in progress(parsed_samples(urls, skipped), desc="read eval set", unit="img"):
         try:
-            images.append(eval_transform(load_image(raw.image), image_size))
+            crop = eval_crop(load_image(raw.image), image_size)
         except BadSample as err:
             skipped[err.reason] += 1
             continue
+        images.append(to_normalized_tensor(crop))
+        crops += [crop] if keep_crops else []
         captions.append(raw.captions[0])
         keys.append(raw.key)
         metas.append(raw.meta)
@@ -223,4 +228,4 @@ def make_eval_set(urls: list[str], image_size: int, label_fields=("group", "subg
     labels = {field: [str(m[field]) for m in metas] for field in label_fields
               if all(isinstance(m.get(field), (str, int)) and str(m[field]) for m in metas)}
     return {"image": torch.stack(images), "caption": captions, "labels": labels, "key": keys,  # image: [N, 3, H, W]
-            "skipped": dict(skipped)}
+            "skipped": dict(skipped), **({"crop": crops} if keep_crops else {})}
