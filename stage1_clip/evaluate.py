@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.progress import progress
-from stage1_clip.style_views import embed_views
+from stage1_clip.style_views import view_pixels
 
 
 def batch_starts(total: int, batch_size: int, desc: str | None):
@@ -21,6 +21,19 @@ def embed_images(model, images: torch.Tensor, batch_size: int, desc: str | None 
     chunks = [model.encode_image(images[i:i + batch_size].to(param.device, param.dtype))
               for i in batch_starts(len(images), batch_size, desc)]
     return torch.cat(chunks).float()  # [N, D]
+
+
+@torch.no_grad()
+def embed_views(model, crops: list, views: list[str], batch_size: int, desc: str | None = None) -> torch.Tensor:
+    """Style views (stage1_clip/style_views.py): per image, the normalised mean of its views' unit embeddings."""
+    param = next(model.parameters())
+    chunks = []
+    for start in batch_starts(len(crops), batch_size, desc):
+        batch = crops[start:start + batch_size]
+        total = sum(model.encode_image(torch.stack([view_pixels(crop, view) for crop in batch])  # [B, 3, S, S]
+                                       .to(param.device, param.dtype)).float() for view in views)  # [B, D]
+        chunks.append(F.normalize(total, dim=-1))
+    return torch.cat(chunks)  # [N, D]
 
 
 @torch.no_grad()

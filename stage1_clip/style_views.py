@@ -3,18 +3,16 @@
 The default CLIP learns with grayscale, outline-only, contour and stroke-width renderings of its training drawings
 (data.augment). A drawing by an artist it never saw is read more reliably through the same renderings: the
 mean of the unit embeddings of the plain crop and its renderings, re-normalised, is the image's embedding
-(`eval.style_views`; measured on held-out styles in docs/clip_style_views.md). Each rendering is fixed: contour's
-line width and shade and stroke's direction are drawn once from VIEW_SEED, the same for every image, so an image
-always gets the same embedding.
+(`eval.style_views`; stage1_clip/evaluate.py's embed_views; measured in docs/clip_style_views.md). Each rendering
+is fixed: contour's line width and shade and stroke's direction are drawn once from VIEW_SEED, the same for every
+image, so an image always gets the same embedding.
 """
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from mmtool.data.reading.augment import StyleAugment, after_crop
 from mmtool.data.reading.images import to_normalized_tensor
-from mmtool.progress import progress
 
 VIEWS = {
     "plain": None,
@@ -41,19 +39,3 @@ def view_pixels(crop: Image.Image, view: str) -> torch.Tensor:
     rendered = crop if style is None else after_crop(crop, style, np.random.default_rng(VIEW_SEED))
     return to_normalized_tensor(rendered)
 
-
-@torch.no_grad()
-def embed_views(model, crops: list[Image.Image], views: list[str], batch_size: int,
-                desc: str | None = None) -> torch.Tensor:
-    """Unit embeddings [N, D]: per image, the normalised mean of its views' unit embeddings (model.encode_image)."""
-    param = next(model.parameters())
-    chunks = []
-    starts = range(0, len(crops), batch_size)
-    for start in progress(starts, desc=desc, unit="batch") if desc else starts:
-        batch = crops[start:start + batch_size]
-        total = 0
-        for view in views:
-            pixels = torch.stack([view_pixels(crop, view) for crop in batch])  # [B, 3, S, S]
-            total = total + model.encode_image(pixels.to(param.device, param.dtype)).float()  # [B, D]
-        chunks.append(F.normalize(total, dim=-1))
-    return torch.cat(chunks)  # [N, D]

@@ -13,8 +13,8 @@ from mmtool.data.reading.loader import make_eval_set, resolve_shards
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
 from stage1_clip.config import EvalConfig
-from stage1_clip.evaluate import embed_images, evaluate_clip
-from stage1_clip.style_views import VIEWS, check_views, embed_views, view_pixels
+from stage1_clip.evaluate import embed_images, embed_views, evaluate_clip
+from stage1_clip.style_views import VIEWS, check_views, view_pixels
 from tests.helpers.tiny_vlm import save_tiny_clip
 
 SIZE = 32  # the tiny ViT's input
