@@ -86,8 +86,8 @@ def eval_clip(
     views = [] if views == ["plain"] else views
     eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields,
                              keep_crops=bool(views))
-    metrics = evaluate_clip(bundle.model, bundle.tokenize, eval_set, cfg.eval.templates, cfg.eval.batch_size,
-                            show_progress=True, style_views=views)
+    metrics = evaluate_clip(bundle.model.inference_copy(), bundle.tokenize, eval_set, cfg.eval.templates,
+                            cfg.eval.batch_size, show_progress=True, style_views=views)
     metrics["style_views"] = ",".join(views or ["plain"])
     print_table(metrics)
     if json_out:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtool.progress import progress
-from stage1_clip.style_views import view_pixels
+from stage1_clip.style_views import mean_view_embedding, view_stack
 
 
 def batch_starts(total: int, batch_size: int, desc: str | None):
@@ -27,12 +27,10 @@ def embed_images(model, images: torch.Tensor, batch_size: int, desc: str | None 
 def embed_views(model, crops: list, views: list[str], batch_size: int, desc: str | None = None) -> torch.Tensor:
     """Style views (stage1_clip/style_views.py): per image, the normalised mean of its views' unit embeddings."""
     param = next(model.parameters())
-    chunks = []
-    for start in batch_starts(len(crops), batch_size, desc):
-        batch = crops[start:start + batch_size]
-        total = sum(model.encode_image(torch.stack([view_pixels(crop, view) for crop in batch])  # [B, 3, S, S]
-                                       .to(param.device, param.dtype)).float() for view in views)  # [B, D]
-        chunks.append(F.normalize(total, dim=-1))
+    encode = lambda pixels: model.encode_image(pixels.to(param.device, param.dtype))  # noqa: E731 - [B, D]
+    chunks = [mean_view_embedding(encode, torch.stack([view_stack(crop, views)
+                                                       for crop in crops[start:start + batch_size]]))  # [B, D]
+              for start in batch_starts(len(crops), batch_size, desc)]
     return torch.cat(chunks)  # [N, D]
 
 

@@ -1,4 +1,6 @@
 """The CLIP dual encoder: an image tower and a text tower projected into one normalised space."""
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,6 +48,15 @@ class CLIP(nn.Module):
         """torch.compile both towers in place: parameter names, and so checkpoints, stay as they are."""
         self.vision.compile(**options)
         self.text.compile(**options)
+
+    def inference_copy(self) -> "CLIP":
+        """An eval-mode, gradient-free copy for embedding, its image tower folded where the tower can be
+        (EfficientNet-Lite0's folded_copy: about 2x faster on CPU, the same outputs up to float rounding). This
+        model stays as it is: trainable, with its parameter names, so its checkpoint and weights hash do not move."""
+        copied = copy.deepcopy(self).eval().requires_grad_(False)
+        if hasattr(copied.vision, "folded_copy"):
+            copied.vision = copied.vision.folded_copy(copied.vision.num_stages())
+        return copied
 
     def encode_image(self, images: torch.Tensor, views=None) -> torch.Tensor:
         """`views`: the rows' augmented views ([B] ViewRef, mmtool/data/reading/views.py), for the image cache."""

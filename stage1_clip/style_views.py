@@ -7,8 +7,11 @@ mean of the unit embeddings of the plain crop and its renderings, re-normalised,
 is fixed: contour's line width and shade and stroke's direction are drawn once from VIEW_SEED, the same for every
 image, so an image always gets the same embedding.
 """
+from typing import Callable
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from mmtool.data.reading.augment import StyleAugment, after_crop
@@ -39,3 +42,15 @@ def view_pixels(crop: Image.Image, view: str) -> torch.Tensor:
     rendered = crop if style is None else after_crop(crop, style, np.random.default_rng(VIEW_SEED))
     return to_normalized_tensor(rendered)
 
+
+
+def view_stack(crop: Image.Image, views: list[str]) -> torch.Tensor:
+    """The crop in each view (no views: the plain crop alone) -> [V, 3, S, S]."""
+    return torch.stack([view_pixels(crop, view) for view in views or ["plain"]])
+
+
+def mean_view_embedding(encode: Callable[[torch.Tensor], torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    """[B, V, 3, S, S] views -> [B, D]: the normalised sum of `encode`'s unit embeddings ([B, 3, S, S] -> [B, D]),
+    one view at a time so a batch costs the memory of B images."""
+    total = sum(encode(pixels[:, view]).float() for view in range(pixels.shape[1]))  # [B, D]
+    return F.normalize(total, dim=-1)

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 
 from mmtool.checkpoint import file_sha256
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
-from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.reading.images import eval_crop, load_image
 from mmtool.data.reading.text_files import utf8_lines
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import ClipBundle, load_clip
-from stage1_clip.evaluate import commonest_labels, embed_images, embed_texts
+from stage1_clip.evaluate import commonest_labels, embed_texts, embed_views
 from stage2_projector.llm import IMAGE_TOKEN
 from stage2_projector.tower_tags import DEFAULT_LAYOUT, TowerTags
 from stage3_llm.conversations import Conversation, ImageSource
@@ -164,8 +164,9 @@ def tower_answers(clip: ClipBundle, questions: list[str], images: list[str], sou
         return answers
     size, batch_size = clip.config.model.vision.image_size, clip.config.eval.batch_size
     distinct = sorted({images[index] for index in answerable})
-    pixels = torch.stack([eval_transform(load_image(source.read(image)), size) for image in distinct])  # [I, 3, S, S]
-    image_emb = embed_images(clip.model, pixels, batch_size)  # [I, D]
+    crops = [eval_crop(load_image(source.read(image)), size) for image in distinct]
+    # The CLIP's own eval.style_views, as eval-clip reads an image (plain: the crop alone).
+    image_emb = embed_views(clip.model.inference_copy(), crops, clip.config.eval.style_views, batch_size)  # [I, D]
     row_of = {image: row for row, image in enumerate(distinct)}
     kinds = {parsed[index].kind for index in answerable}
     for kind in kinds:

@@ -45,9 +45,11 @@ def staged_folder(out: Path):
 
 
 def write_manifest(folder: Path, *, kind: str, fmt: str, source: Path, weights_sha256: str, image_size: int,
-                   embed_dim: int, **extra) -> None:
+                   embed_dim: int, style_views: list[str], **extra) -> None:
+    """style_views: the CLIP's eval.style_views, so an index built on the export reads images as eval-clip does."""
     manifest = {"format": FORMAT, "kind": kind, "export_format": fmt, "source": str(source),
-                "weights_sha256": weights_sha256, "image_size": image_size, "embed_dim": embed_dim, **extra}
+                "weights_sha256": weights_sha256, "image_size": image_size, "embed_dim": embed_dim,
+                "style_views": style_views, **extra}
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 

@@ -30,6 +30,7 @@ def export_vision_hf(bundle, source: Path, out: Path) -> None:
         image_processor(cfg.vision.image_size).save_pretrained(stage)
         write_manifest(stage, kind="vision", fmt="hf", source=source,
                        weights_sha256=weights_sha256(bundle.model.state_dict()),
+                       style_views=bundle.config.eval.style_views,
                        image_size=cfg.vision.image_size, embed_dim=cfg.embed_dim)
 
 
@@ -48,5 +49,6 @@ def export_clip_hf(bundle, source: Path, out: Path) -> None:
         sentencepiece_to_hf(bundle.tokenizer, cfg.text.context_length).save_pretrained(stage)
         write_manifest(stage, kind="clip", fmt="hf", source=source,
                        weights_sha256=weights_sha256(bundle.model.state_dict()),
+                       style_views=bundle.config.eval.style_views,
                        image_size=cfg.vision.image_size, embed_dim=cfg.embed_dim,
                        context_length=cfg.text.context_length)

@@ -39,6 +39,7 @@ def export_vision_onnx(bundle, source: Path, out: Path, kind: str = "vision") ->
             extra = {"context_length": cfg.text.context_length}
         write_manifest(stage, kind=kind, fmt="onnx", source=source,
                        weights_sha256=weights_sha256(bundle.model.state_dict()),
+                       style_views=bundle.config.eval.style_views,
                        image_size=size, embed_dim=cfg.embed_dim, **extra)
 
 

@@ -43,6 +43,7 @@ def export_vision_safetensors(bundle, source: Path, out: Path) -> None:
                               if k == "hf_vision_config.json"})
         write_manifest(stage, kind="vision", fmt="safetensors", source=source,
                        weights_sha256=weights_sha256(bundle.model.state_dict()),
+                       style_views=bundle.config.eval.style_views,
                        image_size=cfg.vision.image_size, embed_dim=cfg.embed_dim)
 
 
@@ -54,6 +55,7 @@ def export_clip_safetensors(bundle, source: Path, out: Path) -> None:
         _write_extras(stage, clip_extras(cfg, bundle.tokenizer, bundle.model))
         write_manifest(stage, kind="clip", fmt="safetensors", source=source,
                        weights_sha256=weights_sha256(bundle.model.state_dict()),
+                       style_views=bundle.config.eval.style_views,
                        image_size=cfg.model.vision.image_size, embed_dim=cfg.model.embed_dim,
                        context_length=cfg.model.text.context_length)
 

@@ -1,5 +1,6 @@
 """Source items -> unit vectors + metadata records, in batches, with thumbnails; unreadable images and exact
-duplicates (same file bytes) are counted and skipped, never fatal."""
+duplicates (same file bytes) are counted and skipped, never fatal. An image is embedded in the index's style views
+(stage1_clip/style_views.py; none: the plain crop), as eval-clip scores it; a query image the same way."""
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmtool.checkpoint import atomic_write
-from mmtool.data.reading.images import BadSample, eval_transform, load_image
+from mmtool.data.reading.images import BadSample, eval_crop, load_image
 from mmtool.index.sources import SourceItem
+from stage1_clip.style_views import mean_view_embedding, view_stack
 
 THUMB_SIZE = 160
 
@@ -47,12 +49,13 @@ def _save_thumbnail(image: Image.Image, path: Path) -> None:
 
 
 def encode_batch(encoder, pixels: list[torch.Tensor]) -> np.ndarray:
-    """[3, S, S] each -> [B, D] float32 unit vectors."""
-    return encoder.encode_images(torch.stack(pixels)).numpy().astype(np.float32)
+    """[V, 3, S, S] views each -> [B, D] float32 unit vectors."""
+    return mean_view_embedding(encoder.encode_images, torch.stack(pixels)).numpy().astype(np.float32)
 
 
-def embedded_batches(items: Iterable[SourceItem], encoder, thumbs: Path, known: set[str], report: EmbedReport,
-                     batch_size: int = 64, progress: bool = True) -> Iterator[tuple[np.ndarray, list[dict]]]:
+def embedded_batches(items: Iterable[SourceItem], encoder, views: list[str], thumbs: Path, known: set[str],
+                     report: EmbedReport, batch_size: int = 64,
+                     progress: bool = True) -> Iterator[tuple[np.ndarray, list[dict]]]:
     """Yields (vectors [B, D] float32, one record per vector) batch by batch, counting what it skips in `report`;
     `known` holds content hashes already in the index and grows with the new ones."""
     pixels: list[torch.Tensor] = []
@@ -72,7 +75,7 @@ def embedded_batches(items: Iterable[SourceItem], encoder, thumbs: Path, known: 
             report.unreadable.append((item.path, err.reason))
             continue
         known.add(sha256)
-        pixels.append(eval_transform(image, encoder.image_size))  # [3, S, S]
+        pixels.append(view_stack(eval_crop(image, encoder.image_size), views))  # [V, 3, S, S]
         _save_thumbnail(image, thumbs / thumbnail_name(sha256))
         records.append({"path": item.path, "caption": item.caption, "fields": item.fields, "sha256": sha256})
         if len(pixels) == batch_size:
@@ -89,7 +92,6 @@ def _finished(encoder, pixels: list[torch.Tensor], records: list[dict],
     return vectors, records
 
 
-def image_bytes_to_pixels(data: bytes, image_size: int) -> torch.Tensor:
-    """A query image as the index's images were embedded: [1, 3, S, S]."""
-    return eval_transform(load_image(data), image_size)[None]
-
+def image_bytes_to_pixels(data: bytes, image_size: int, views: list[str]) -> torch.Tensor:
+    """A query image as the index's images were embedded: [1, V, 3, S, S]."""
+    return view_stack(eval_crop(load_image(data), image_size), views)[None]

@@ -1,8 +1,9 @@
 """ImageIndex: a folder holding a FAISS index of unit image embeddings (inner product = cosine), one metadata
 record per vector, thumbnails, and the identity of the model that made the vectors.
 
-    index/index.json             format, model identity (hash of its weights) and path, sizes, index type, count,
-                                 and `data`: the version folder holding the vectors and records
+    index/index.json             format, model identity (hash of its weights) and path, sizes, style views (the
+                                 model's eval.style_views when built), index type, count, and `data`: the version
+                                 folder holding the vectors and records
     index/vNNNNNN/vectors.faiss  IndexFlatIP (exact) or IndexHNSWFlat (approximate, for large collections)
     index/vNNNNNN/items.jsonl    {"path", "caption", "fields", "sha256"} per vector, in vector order
     index/thumbs/                SHA256.jpg thumbnails for the web page
@@ -28,6 +29,7 @@ from mmtool.index.embed import EmbedReport, embedded_batches, image_bytes_to_pix
 from mmtool.index.embedding_models import load_encoder
 from mmtool.index.sources import source_items
 from mmtool.index.writer_lock import exclusive_writer
+from stage1_clip.style_views import mean_view_embedding
 
 FORMAT = "mmtool.image_index/2"
 FLAT_FORMAT = "mmtool.image_index/1"  # older: vectors and records beside index.json, replaced one by one
@@ -77,7 +79,8 @@ class ImageIndex:
         new_faiss_index(index_type, 1)  # bad --index-type fails before any embedding
         encoder = load_encoder(model)
         meta = {"format": FORMAT, "model": {"identity": encoder.identity, "path": str(Path(model).resolve())},
-                "image_size": encoder.image_size, "index_type": index_type, "embed_dim": None, "count": 0}
+                "image_size": encoder.image_size, "style_views": encoder.style_views, "index_type": index_type,
+                "embed_dim": None, "count": 0}
         index = cls(out, meta, None, [], encoder)
         with exclusive_writer(out):
             if (out / "index.json").exists():
@@ -112,8 +115,8 @@ class ImageIndex:
             raise MmtoolError(f"--save-every {save_every}: must be at least 1")
         known = {item["sha256"] for item in self.items}
         report, unsaved = EmbedReport(), 0
-        batches = embedded_batches(source_items(source, report.unusable), self.encoder, self.folder / "thumbs",
-                                   known, report, batch_size, progress)
+        batches = embedded_batches(source_items(source, report.unusable), self.encoder, self.style_views,
+                                   self.folder / "thumbs", known, report, batch_size, progress)
         for vectors, records in batches:  # vectors [B, D]
             if self.vectors is None:
                 self.meta["embed_dim"] = int(vectors.shape[1])
@@ -186,6 +189,11 @@ class ImageIndex:
             self._encoder = self._checked(load_encoder(stored), stored)
         return self._encoder
 
+    @property
+    def style_views(self) -> list[str]:
+        """The views every vector was embedded in, fixed when the index was built (older indexes: the plain crop)."""
+        return self.meta.get("style_views", [])
+
     def _checked(self, encoder, model) -> object:
         if encoder.identity != self.meta["model"]["identity"]:
             raise MmtoolError(f"--model {model}: different weights from the model this index was built with "
@@ -204,10 +212,10 @@ class ImageIndex:
                     raise MmtoolError(f"--image {image}: file not found")
                 image = Path(image).read_bytes()
             try:
-                pixels = image_bytes_to_pixels(image, self.meta["image_size"])  # [1, 3, S, S]
+                pixels = image_bytes_to_pixels(image, self.meta["image_size"], self.style_views)  # [1, V, 3, S, S]
             except BadSample as err:
                 raise MmtoolError(f"query image: {err}") from None
-            query = self.encoder.encode_images(pixels)  # [1, D]
+            query = mean_view_embedding(self.encoder.encode_images, pixels)  # [1, D]
         return self.search_vectors(query.numpy(), k)[0]
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Hit]]:

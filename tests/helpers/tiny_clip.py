@@ -15,8 +15,9 @@ TINY_TEXT = TextConfig(type="transformer", context_length=24, width=48, layers=2
 
 
 def write_tiny_clip(shards: Path, path: Path, vision: VisionConfig = TINY_VIT, seed: int = 0,
-                    head: str = "linear") -> Path:
+                    head: str = "linear", style_views: tuple[str, ...] = ()) -> Path:
     cfg = ClipConfig(model=ModelConfig(embed_dim=32, head=head, vision=vision, text=TINY_TEXT))
+    cfg.eval.style_views = list(style_views)
     cfg.data.train, cfg.data.val = str(shards / "train-*.tar"), str(shards / "val-*.tar")
     tokenizer = train_tokenizer(resolve_shards(cfg.data.train), vocab_size=400, limit=10_000)
     torch.manual_seed(seed)

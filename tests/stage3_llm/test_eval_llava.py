@@ -10,10 +10,11 @@ from PIL import Image
 
 from mmtool.cpu_features import bf16_to_fp32
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
-from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.reading.images import eval_crop, load_image
 from mmtool.errors import MmtoolError
 from mmtool.pipeline import headline
 from stage1_clip.checkpoint import load_clip
+from stage1_clip.style_views import view_pixels
 from stage3_llm.blind import BLANK
 from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
@@ -94,8 +95,9 @@ def naive_tower_answer(clip, image_bytes: bytes, question: str, names: list[str]
                        pairs: dict[str, str]) -> str | None:
     """One image, one candidate at a time, cosine similarity by hand; a group scores the sum of exp(scale x
     similarity) over its names (`pairs`)."""
-    image = eval_transform(load_image(image_bytes), clip.config.model.vision.image_size)
-    image_emb = clip.model.encode_image(image[None])[0]
+    crop = eval_crop(load_image(image_bytes), clip.config.model.vision.image_size)
+    views = clip.config.eval.style_views or ["plain"]  # the CLIP's own test-time views, one at a time
+    image_emb = F.normalize(sum(clip.model.encode_image(view_pixels(crop, view)[None])[0] for view in views), dim=-1)
 
     def text(prompts):
         ids, mask = clip.tokenize(prompts)
@@ -151,6 +153,10 @@ def test_tower_answers_equal_a_naive_clip_computation(setup):
     assert {a for a, c in zip(answers, conversations) if c.extra["task"] == "describe"} == {None}
     assert {a for a, c in zip(answers, conversations) if c.extra["task"] == "yesno"} <= {"Yes.", "No."}
     assert len({a for a, c in zip(answers, conversations) if c.extra["task"] == "what"}) > 1
+    clip.config.eval.style_views = ["plain", "outline", "contour"]  # the tower reads images as eval-clip does
+    assert tower_answers(clip, questions, [c.image for c in conversations], source, choices, pairs) == [
+        naive_tower_answer(clip, source.read(c.image), q, choices["name"], choices["group"], pairs)
+        for c, q in zip(conversations, questions)]
 
 
 def test_a_tower_other_than_the_recorded_one_is_refused_unless_accepted(setup, tmp_path):
