@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtool.data.reading.images import to_crop
 from mmtool.errors import MmtoolError
+from stage1_clip.style_views import mean_view_embedding, view_stack
 from stage2_projector.answer_loss import answer_loss
 from stage2_projector.chat_format import IGNORE_INDEX
 from stage2_projector.features import PatchFeatures
@@ -50,14 +52,27 @@ class VisionLanguageModel(nn.Module):
     def tag_lines(self, images: torch.Tensor, noise: float = 0.0,
                   generator: torch.Generator | None = None) -> list[str]:
         """Pixels [B, 3, H, W] or features [B, N, C] -> each image's tower-tag line (stage2_projector/tower_tags.py),
-        ranked from a noisy embedding when `noise` is set (training tags)."""
+        ranked from a noisy embedding when `noise` is set (training tags). Tags in style views need pixels."""
         was_training = self.vision.training
         self.vision.eval()  # tags are the tower's inference answer: no drop-connect, BatchNorm statistics kept
         with torch.no_grad():
-            features = self.image_features(images.to(next(self.vision.parameters()).dtype))  # [B, N, C]
-            lines = self.tower_tags.lines(self.vision.joint_embeddings(features), noise, generator)
+            lines = self.tower_tags.lines(self.tag_embeddings(images.to(next(self.vision.parameters()).dtype)),
+                                          noise, generator)
         self.vision.train(was_training)
         return lines
+
+    def tag_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, H, W] or features [B, N, C] -> [B, E] unit CLIP image embeddings for the tags: the mean
+        over the tags' style views (stage1_clip/style_views.py) of each image's re-rendered crop, or the embedding
+        token's own vector without views."""
+        views = self.tower_tags.style_views
+        if not views:
+            return self.vision.joint_embeddings(self.image_features(images))  # [B, E]
+        if images.ndim == 3:
+            raise MmtoolError("tower tags in style views are computed from an image's pixels, not tower features")
+        pixels = torch.stack([view_stack(to_crop(image), views) for image in images])  # [B, V, 3, H, W]
+        tower = lambda view: self.vision.joint_embeddings(self.vision(view.to(images)))  # noqa: E731 - [B, E]
+        return mean_view_embedding(tower, pixels)  # [B, E]
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """LLM input embeddings [B, T, D_llm] with the i-th image's features written, in order, over its

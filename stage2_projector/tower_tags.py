@@ -26,6 +26,10 @@ On a line of its own, a name's tokens are the answer's tokens: misspelled names 
 a space, as a yes/no question names them. Why inline stays the default: every layout with names on lines answered
 yes/no about 2 points lower (78.7-79.3% against 80.7-81.7% in three and two runs) for about 1 point of naming.
 
+Style views (stage1_clip/style_views.py; model.tower_tags.style_views, by default the CLIP's eval.style_views): an
+image's embedding for its tags is the mean over its plain crop and fixed renderings, as eval-clip and the tower
+baseline read it, so the tags are the tower baseline's answers; tagging then needs the image's pixels.
+
 Training tags can be drawn from a noisy embedding (`noise`, model.tower_tags.train_noise): on the trained styles the
 tower's first name is almost always right, on a new artist's drawings often second to fifth. Noise of standard
 deviation s on every coordinate adds noise of that deviation to each image-name cosine similarity (the names are
@@ -38,6 +42,7 @@ from torch import nn
 
 from mmtool.errors import MmtoolError
 from stage1_clip.evaluate import probabilities_from_names
+from stage1_clip.style_views import check_views
 from stage2_projector.llm import IMAGE_TOKEN
 
 
@@ -47,13 +52,19 @@ DEFAULT_LAYOUT = LAYOUTS[0]
 
 class TowerTags(nn.Module):
     def __init__(self, names: list[str], groups: list[str], embed_dim: int, name_count: int, group_count: int,
-                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = DEFAULT_LAYOUT):
+                 name_groups: list[int] | None = None, scale: float | None = None, layout: str = DEFAULT_LAYOUT,
+                 style_views: list[str] = ()):
         """name_groups: each name's index in `groups` (-1: none) to rank groups through the names, at the CLIP's
-        logit `scale`; None: groups ranked by their own embeddings. layout: how a tag line is written (LAYOUTS)."""
+        logit `scale`; None: groups ranked by their own embeddings. layout: how a tag line is written (LAYOUTS).
+        style_views: the renderings an image's embedding is averaged over (none: its plain crop)."""
         super().__init__()
         if layout not in LAYOUTS:
             raise MmtoolError(f"model.tower_tags.layout: one of {', '.join(LAYOUTS)}, got {layout!r}")
-        self.layout = layout
+        try:
+            check_views(list(style_views))
+        except ValueError as err:
+            raise MmtoolError(f"model.tower_tags.style_views: {err}") from None
+        self.layout, self.style_views = layout, list(style_views)
         self.names, self.groups = list(names), list(groups)
         self.name_count, self.group_count = min(name_count, len(names)), min(group_count, len(groups))
         self.name_groups, self.scale = name_groups, scale
@@ -69,13 +80,15 @@ class TowerTags(nn.Module):
         """What a checkpoint's record keeps to rebuild this module before its buffers load."""
         through_names = {"name_groups": self.name_groups, "scale": self.scale} if self.name_groups else {}
         return {"names": self.names, "groups": self.groups, "name_count": self.name_count,
-                "group_count": self.group_count, "layout": self.layout, **through_names}
+                "group_count": self.group_count, "layout": self.layout, "style_views": self.style_views,
+                **through_names}
 
     @classmethod
     def from_record(cls, record: dict, embed_dim: int) -> "TowerTags":
-        # Older records rank groups by prompts and write their tags inline.
+        # Older records rank groups by prompts, write their tags inline and embed the plain crop.
         return cls(record["names"], record["groups"], embed_dim, record["name_count"], record["group_count"],
-                   record.get("name_groups"), record.get("scale"), record.get("layout", "inline"))
+                   record.get("name_groups"), record.get("scale"), record.get("layout", "inline"),
+                   record.get("style_views", []))
 
     @torch.no_grad()
     def lines(self, image_embeddings: torch.Tensor, noise: float = 0.0,

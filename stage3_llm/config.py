@@ -34,6 +34,9 @@ class TowerTagSettings:
     # "inline": "Tags: a; b. Groups: x; y."; "lines": each name on a line of its own, so that its tokens are those of
     # an answer naming it (no misspelled names, about 2 points less yes/no; stage2_projector/tower_tags.py).
     layout: str = "inline"
+    # The renderings an image's tag embedding is averaged over (stage1_clip/style_views.py); null: the CLIP's own
+    # eval.style_views, so the tags are the tower baseline's answers. [] or [plain]: the plain crop alone.
+    style_views: list[str] | None = None
 
 
 @dataclass

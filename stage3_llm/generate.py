@@ -32,12 +32,12 @@ def prompt_ids(tokenizer, question: str, num_image_tokens: int, tag_line: str | 
     return encode_prompt(tokenizer, [{"role": "user", "content": content}], IMAGE_TOKEN, num_image_tokens)
 
 
-def tag_lines(model, images: torch.Tensor) -> list[str | None]:
-    """Pixels [B, 3, S, S] or tower features [B, N, C] -> the images' tower-tag lines, or None for each when the
-    model has no tags."""
+def tag_lines(model, images: torch.Tensor, features: torch.Tensor | None = None) -> list[str | None]:
+    """Pixels [B, 3, S, S] (with their tower features [B, N, C] when computed already) -> the images' tower-tag
+    lines, or None for each when the model has no tags. Tags in style views are read from the pixels."""
     if model.tower_tags is None:
         return [None] * len(images)
-    return model.tag_lines(images)
+    return model.tag_lines(images if features is None or model.tower_tags.style_views else features)
 
 
 def tower_features(model, images: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,7 @@ def generate(model, tokenizer, image: torch.Tensor, question: str, num_image_tok
     temperature 0 = greedy decoding."""
     model.eval()
     features = tower_features(model, image[None])  # [1, N, C]
-    line = tag_lines(model, features)[0]
+    line = tag_lines(model, image[None], features)[0]
     input_ids = torch.tensor([prompt_ids(tokenizer, question, num_image_tokens, line)])  # [1, T]
     embeds = model.embed(input_ids, features)  # [1, T, D]
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {
@@ -77,7 +77,7 @@ def generate_batch(model, tokenizer, images: torch.Tensor, questions: list[str],
     model.eval()
     features = tower_features(model, images)  # [B, N, C]
     prompts = [prompt_ids(tokenizer, question, num_image_tokens, line)
-               for question, line in zip(questions, tag_lines(model, features))]
+               for question, line in zip(questions, tag_lines(model, images, features))]
     length = max(len(ids) for ids in prompts)
     input_ids = torch.full((len(prompts), length), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
     attention_mask = torch.zeros((len(prompts), length), dtype=torch.long)  # [B, T]

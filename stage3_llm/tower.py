@@ -112,7 +112,7 @@ def extended_tags(tags: TowerTags, clip: ClipBundle, names: list[str], groups: l
         own = {name: tags.groups[group] for name, group in zip(tags.names, tags.name_groups) if group >= 0}
         name_groups = group_indices(all_names, all_groups, {**pairs, **own})
     extended = TowerTags(all_names, all_groups, tags.name_embeddings.shape[1], tags.name_count, tags.group_count,
-                         name_groups, tags.scale, tags.layout)
+                         name_groups, tags.scale, tags.layout, tags.style_views)
     extended.name_embeddings[:len(tags.names)] = tags.name_embeddings
     extended.group_embeddings[:len(tags.groups)] = tags.group_embeddings
     if new_names:
@@ -196,11 +196,11 @@ def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch
 
 def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: set[str],
                    name_groups: list[int] | None, names: int = 0, groups: int = 0,
-                   layout: str = DEFAULT_LAYOUT) -> TowerTags:
+                   layout: str = DEFAULT_LAYOUT, style_views: list[str] = ()) -> TowerTags:
     """TowerTags over `vocabulary` with the `kinds` ("name", "group") embedded as candidates, groups ranked through
     the names when `name_groups` is given."""
     tags = TowerTags(vocabulary["name"], vocabulary["group"], clip.config.model.embed_dim, names, groups,
-                     name_groups, clip.model.temperature_scale().item(), layout)
+                     name_groups, clip.model.temperature_scale().item(), layout, style_views)
     for kind in kinds:
         buffer = tags.name_embeddings if kind == "name" else tags.group_embeddings
         buffer.copy_(candidate_embeddings(clip, vocabulary[kind], kind))  # [C, D]
@@ -208,13 +208,16 @@ def candidate_tags(clip: ClipBundle, vocabulary: dict[str, list[str]], kinds: se
 
 
 def build_tower_tags(clip: ClipBundle, conversations: list[Conversation], names: int, groups: int,
-                     layout: str = DEFAULT_LAYOUT) -> TowerTags:
+                     layout: str = DEFAULT_LAYOUT, style_views: list[str] | None = None) -> TowerTags:
     """Tags over every name and group the conversations ask about or answer with, embedded and ranked as the tower
-    baseline ranks its candidates (so a tag line lists the tower baseline's own top answers)."""
+    baseline ranks its candidates (so a tag line lists the tower baseline's own top answers); images read in
+    `style_views`, by default the CLIP's eval.style_views as the tower baseline reads them."""
     vocabulary = candidates(conversations)
     if not vocabulary["name"] and not vocabulary["group"]:
         raise MmtoolError(f"model.tower_tags: {conversations[0].where.split('#')[0]} holds no naming or group "
                           "question to take the tags' names and groups from")
     name_groups = group_indices(vocabulary["name"], vocabulary["group"], name_group_pairs(conversations))
     kinds = {kind for kind in ("name", "group") if vocabulary[kind]}
-    return candidate_tags(clip, vocabulary, kinds, name_groups, names, groups, layout)
+    views = clip.config.eval.style_views if style_views is None else style_views
+    views = [] if views == ["plain"] else views  # the plain crop alone: the embedding token's own vector
+    return candidate_tags(clip, vocabulary, kinds, name_groups, names, groups, layout, views)

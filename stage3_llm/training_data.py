@@ -96,7 +96,7 @@ def set_tower_tags(cfg: FinetuneConfig, bundle: VlmBundle) -> None:
     conversations, _ = read_conversations(cfg.data.train, cfg.data.image_folder, cfg.data.image_shards)
     clip = load_tower(bundle.record, str(cfg.model.base or cfg.model.vision), None, any_vision=False)
     bundle.model.tower_tags = build_tower_tags(clip, conversations, settings.names, settings.groups,
-                                                settings.layout)
+                                                settings.layout, settings.style_views)
     bundle.record["tower_tags"] = bundle.model.tower_tags.record()
 
 

@@ -8,16 +8,17 @@ import torch.nn.functional as F
 
 from mmtool.config import load_config
 from mmtool.data.building.instructions import GROUP_QUESTION, WHAT_QUESTIONS
-from mmtool.data.reading.images import load_image
+from mmtool.data.reading.images import eval_crop, load_image
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import load_clip
+from stage1_clip.evaluate import embed_views
 from stage2_projector.chat_format import IGNORE_INDEX, encode_conversation
 from stage2_projector.checkpoint import build_vlm, save_vlm
 from stage2_projector.config import AlignConfig
 from stage2_projector.tower_tags import TowerTags, tag_line, tagged
 from stage3_llm.checkpoint import load_finetuned
 from stage3_llm.conversations import read_conversations
-from stage3_llm.generate import generate_batch, prompt_ids, tag_lines
+from stage3_llm.generate import generate_batch, prompt_ids, tag_lines, tower_features
 from stage3_llm.start_model import start_bundle, start_file
 from stage3_llm.eval_run import EvalOptions, run_eval
 from stage3_llm.tower import candidate_embeddings, candidates, extended_tags, name_group_pairs, tower_answers
@@ -214,6 +215,32 @@ def test_tags_are_the_towers_ranking_in_training_and_after_reloading(parts, tmp_
     styled_line = tag_lines(bundle.model, styled_pixels[None])[0]
     assert styled_train.conversations[index].turns[0]["content"].startswith(f"<image>\n{styled_line}\n")
     assert not torch.equal(styled_pixels, pixels[0])
+
+
+@pytest.mark.slow
+def test_tags_in_style_views_are_the_tower_baselines_answers_in_those_views(parts):  # noqa: F811
+    views = ["plain", "outline", "contour"]
+    cfg = tagged_config(parts, f"model.tower_tags.style_views=[{','.join(views)}]")
+    bundle = start_bundle(cfg, start_file(cfg))
+    set_tower_tags(cfg, bundle)
+    assert bundle.record["tower_tags"]["style_views"] == views
+    conversations, source = read_conversations(parts / "instruct" / "train.json")
+    images = sorted({c.image for c in conversations})
+    pixels = torch.stack([bundle.preprocess(source.read(image)) for image in images])  # [I, 3, S, S]
+    clip = load_clip(parts / "clip.pt")
+    clip.config.eval.style_views = views
+    vocabulary, pairs = candidates(conversations), name_group_pairs(conversations)
+    lines = tag_lines(bundle.model, pixels, tower_features(bundle.model, pixels))  # generation's call: pixels read
+    assert [first_tags(line)[0] for line in lines] == tower_answers(clip, [WHAT_QUESTIONS[0]] * len(images), images,
+                                                                    source, vocabulary, pairs)
+    # The embedding behind the tags: the CLIP's own mean over the views of each image's crop, not its plain crop.
+    crops = [eval_crop(load_image(source.read(image)), clip.config.model.vision.image_size) for image in images]
+    expected = embed_views(clip.model.eval(), crops, views, batch_size=3)  # [I, D]
+    torch.testing.assert_close(bundle.model.tag_embeddings(pixels), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(expected, embed_views(clip.model, crops, ["plain"], batch_size=3), atol=1e-3)
+    with pytest.raises(MmtoolError, match="from an image's pixels"):
+        bundle.model.tag_lines(tower_features(bundle.model, pixels))
+    assert TowerTags.from_record(bundle.record["tower_tags"], 8).style_views == views
 
 
 @pytest.mark.slow

@@ -92,6 +92,14 @@ def normalize_pixels(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -
     return torch.addcmul(shift, pixels.float(), scale).to(dtype)  # one fused pass: every step normalises a batch
 
 
+def to_crop(pixels: torch.Tensor) -> Image.Image:
+    """CLIP-normalised [3, S, S] -> the 8-bit RGB image it was made from (normalize_pixels undone, rounded)."""
+    mean = torch.from_numpy(CLIP_MEAN).double().view(3, 1, 1)
+    std = torch.from_numpy(CLIP_STD).double().view(3, 1, 1)
+    values = ((pixels.detach().cpu().double() * std + mean) * 255).round().clamp(0, 255)  # [3, S, S]
+    return Image.fromarray(values.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB")
+
+
 @functools.lru_cache(maxsize=None)
 def clip_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixel / 255 - mean) / std as pixel * scale + shift: scale and shift [3, 1, 1] float32 (from float64) on

@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mmtool.data.reading.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, BadSample, eval_transform, load_image,
-                                normalize_pixels, random_resized_crop_box, train_pixels, train_transform)
+from mmtool.data.reading.images import (CLIP_MEAN, CLIP_STD, AugmentConfig, BadSample, eval_crop, eval_transform,
+                                         load_image, normalize_pixels, random_resized_crop_box, to_crop, train_pixels,
+                                         train_transform)
 
 
 def png_bytes(img: Image.Image, **save_args) -> bytes:
@@ -117,3 +118,10 @@ def test_random_resized_crop_boxes_stay_inside_and_keep_the_area_share():
         left, top, right, bottom = random_resized_crop_box(100, 60, rng, (0.5, 0.9), (0.75, 4 / 3))
         assert 0 <= left < right <= 100 and 0 <= top < bottom <= 60
         assert 0.45 <= (right - left) * (bottom - top) / 6000 <= 0.95
+
+
+def test_to_crop_gives_back_the_exact_crop_a_tensor_was_made_from():
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), "RGB")  # every value, no structure
+    crop = eval_crop(image, 32)
+    assert np.array_equal(np.asarray(to_crop(eval_transform(image, 32))), np.asarray(crop))
