@@ -11,6 +11,8 @@ output projected into CLIP's joint space and L2-normalised, the vector its zero-
 from. The two kinds keep apart channels: patch tokens are [features, 0...], the embedding token [0..., embedding],
 so a projector's first linear layer maps each kind with its own weights.
 """
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,6 +83,15 @@ class PatchFeatures(nn.Module):
         patch_part = F.pad(patches, (0, self.embed_dim))  # [B, N, C + E]
         joint_part = F.pad(joint.to(patches.dtype), (self.patch_width, 0)).unsqueeze(1)  # [B, 1, C + E]
         return torch.cat([patch_part, joint_part], dim=1)  # [B, N + 1, C + E]
+
+    def inference_copy(self) -> "PatchFeatures":
+        """An eval-mode, gradient-free copy whose EfficientNet tower has its BatchNorms folded into the convolutions
+        (folded_copy: the same features up to float rounding, about 2x faster on CPU); for computing without
+        training, e.g. tower tags in style views. This module stays as it is."""
+        copied = copy.deepcopy(self).eval().requires_grad_(False)
+        if hasattr(copied.tower, "folded_copy"):
+            copied.tower = copied.tower.folded_copy(copied.tower.num_stages())
+        return copied
 
     def joint_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """[B, N + 1, C + E] features -> [B, E]: the embedding token's vector as CLIP's unit image embedding."""

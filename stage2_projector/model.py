@@ -71,8 +71,8 @@ class VisionLanguageModel(nn.Module):
         if images.ndim == 3:
             raise MmtoolError("tower tags in style views are computed from an image's pixels, not tower features")
         pixels = torch.stack([view_stack(to_crop(image), views) for image in images])  # [B, V, 3, H, W]
-        tower = lambda view: self.vision.joint_embeddings(self.vision(view.to(images)))  # noqa: E731 - [B, E]
-        return mean_view_embedding(tower, pixels)  # [B, E]
+        vision = self.vision.inference_copy()  # V tower passes per image: the folded tower's
+        return mean_view_embedding(lambda view: vision.joint_embeddings(vision(view.to(images))), pixels)  # [B, E]
 
     def embed(self, input_ids: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
         """LLM input embeddings [B, T, D_llm] with the i-th image's features written, in order, over its

@@ -20,6 +20,7 @@ from stage2_projector.features import PatchFeatures
 from stage2_projector.llm import add_image_token
 from stage2_projector.projector import build_projector
 from stage2_projector.train import make_val_set, val_batches
+from tests.stage1_clip.test_folded_trunk import random_statistics_tower
 from tests.stage1_clip.test_train_e2e import mmtool
 from tests.helpers.tiny_vlm import CORPUS, chatml_tokenizer, save_tiny_clip, save_tiny_llm, tiny_llama
 
@@ -58,6 +59,18 @@ def test_efficientnet_patch_features_end_in_the_packages_feature_map(tmp_path):
     assert last_block.width == 320 and last_block.num_tokens(64) == 4
     with pytest.raises(MmtoolError, match="feature_layer 18"):
         PatchFeatures(tower, "efficientnet_lite0", 18)
+
+
+def test_the_folded_inference_copy_gives_every_features_token_of_the_tower():
+    tower = random_statistics_tower()  # float64, BatchNorm far from the identity
+    embedding = torch.nn.Linear(1280, 16).double()
+    features = PatchFeatures(tower, "efficientnet_lite0", -2, embedding, embed_dim=16, grid=2).train()
+    copied = features.inference_copy()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in copied.modules())
+    assert features.training and any(isinstance(m, torch.nn.BatchNorm2d) for m in features.modules())
+    images = torch.randn(3, 3, 48, 48, dtype=torch.float64)  # [B, 3, H, W]
+    with torch.no_grad():
+        torch.testing.assert_close(copied(images), features.eval()(images), atol=1e-10, rtol=0)  # [B, 5, 320 + 16]
 
 
 def test_projector_depths_and_names():
