@@ -3,7 +3,8 @@
 The default CLIP learns with grayscale, outline-only, contour and stroke-width renderings of its training drawings
 (data.augment). A drawing by an artist it never saw is read more reliably through the same renderings: the
 mean of the unit embeddings of the plain crop and its renderings, re-normalised, is the image's embedding
-(`eval.style_views`; stage1_clip/evaluate.py's embed_views; measured in docs/clip_style_views.md). Each rendering
+(`eval.style_views`; stage1_clip/evaluate.py's embed_views; measured in docs/clip_style_views.md), wherever an
+image meets the CLIP: eval-clip, `mmtool index` (mmtool/index/embed.py), stage 3's tower baseline and tower tags. Each rendering
 is fixed: contour's line width and shade and stroke's direction are drawn once from VIEW_SEED, the same for every
 image, so an image always gets the same embedding.
 """
@@ -41,7 +42,6 @@ def view_pixels(crop: Image.Image, view: str) -> torch.Tensor:
     style = VIEWS[view]
     rendered = crop if style is None else after_crop(crop, style, np.random.default_rng(VIEW_SEED))
     return to_normalized_tensor(rendered)
-
 
 
 def view_stack(crop: Image.Image, views: list[str]) -> torch.Tensor:
