@@ -4,9 +4,9 @@ The default CLIP learns with grayscale, outline-only, contour and stroke-width r
 (data.augment). A drawing by an artist it never saw is read more reliably through the same renderings: the
 mean of the unit embeddings of the plain crop and its renderings, re-normalised, is the image's embedding
 (`eval.style_views`; stage1_clip/evaluate.py's embed_views; measured in docs/clip_style_views.md), wherever an
-image meets the CLIP: eval-clip, `mmtool index` (mmtool/index/embed.py), stage 3's tower baseline and tower tags. Each rendering
-is fixed: contour's line width and shade and stroke's direction are drawn once from VIEW_SEED, the same for every
-image, so an image always gets the same embedding.
+image meets the CLIP: eval-clip, `mmtool index` (mmtool/index/embed.py), stage 3's tower baseline and tower tags.
+Each rendering is fixed: contour's line width and shade and stroke's direction are drawn once from VIEW_SEED, the
+same for every image, so an image always gets the same embedding.
 """
 from typing import Callable
 
