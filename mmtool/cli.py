@@ -73,7 +73,7 @@ def eval_clip(
     from mmtool.data.reading.loader import make_eval_set, resolve_shards
     from stage1_clip.checkpoint import load_clip
     from stage1_clip.evaluate import evaluate_clip
-    from stage1_clip.style_views import check_views
+    from stage1_clip.style_views import check_views, effective_views
 
     json_out = one_of(json_out, old_json, "--out-json")
     bundle = load_clip(required(one_of(clip, checkpoint, "--clip"), "--clip"))
@@ -83,7 +83,7 @@ def eval_clip(
         check_views(views)
     except ValueError as err:
         raise MmtoolError(f"--style-views: {err}") from None
-    views = [] if views == ["plain"] else views
+    views = effective_views(views)
     eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields,
                              keep_crops=bool(views))
     metrics = evaluate_clip(bundle.model.inference_copy(), bundle.tokenize, eval_set, cfg.eval.templates,

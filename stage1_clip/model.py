@@ -1,6 +1,4 @@
 """The CLIP dual encoder: an image tower and a text tower projected into one normalised space."""
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -8,7 +6,7 @@ from torch import nn
 from mmtool.errors import MmtoolError
 from stage1_clip.config import LossConfig, ModelConfig
 from stage1_clip.heads import projection_head
-from stage1_clip.towers import build_text_tower, build_vision_tower
+from stage1_clip.towers import build_text_tower, build_vision_tower, inference_copy
 
 
 class CLIP(nn.Module):
@@ -50,13 +48,8 @@ class CLIP(nn.Module):
         self.text.compile(**options)
 
     def inference_copy(self) -> "CLIP":
-        """An eval-mode, gradient-free copy for embedding, its image tower folded where the tower can be
-        (EfficientNet-Lite0's folded_copy: about 2x faster on CPU, the same outputs up to float rounding). This
-        model stays as it is: trainable, with its parameter names, so its checkpoint and weights hash do not move."""
-        copied = copy.deepcopy(self).eval().requires_grad_(False)
-        if hasattr(copied.vision, "folded_copy"):
-            copied.vision = copied.vision.folded_copy(copied.vision.num_stages())
-        return copied
+        """An eval-mode copy for embedding, its EfficientNet tower folded (stage1_clip/towers.py)."""
+        return inference_copy(self, "vision")
 
     def encode_image(self, images: torch.Tensor, views=None) -> torch.Tensor:
         """`views`: the rows' augmented views ([B] ViewRef, mmtool/data/reading/views.py), for the image cache."""

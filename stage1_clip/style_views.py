@@ -37,6 +37,12 @@ def check_views(views: list[str]) -> None:
         raise ValueError(f"style views repeat: {views}")
 
 
+def effective_views(views: list[str]) -> list[str]:
+    """The views to average over: [] when the plain crop alone is asked for ([] or [plain]), which is read
+    without the view machinery (embed_images, the embedding token)."""
+    return [] if list(views) == ["plain"] else list(views)
+
+
 def view_pixels(crop: Image.Image, view: str) -> torch.Tensor:
     """The crop rendered as `view`, CLIP-normalised -> [3, S, S]."""
     style = VIEWS[view]

@@ -1,4 +1,6 @@
-"""Builds the image and text towers named in the config."""
+"""Builds the image and text towers named in the config, and inference copies of modules holding them."""
+import copy
+
 from torch import nn
 
 from mmtool.errors import MmtoolError
@@ -59,3 +61,15 @@ def build_text_tower(cfg: TextConfig, vocab_size: int, hf_config: dict | None = 
         return HFTextTower.from_pretrained(resolve_model_dir(cfg.hf_path), pooling=cfg.hf_pooling,
                                           grad_checkpointing=cfg.grad_checkpointing)
     raise MmtoolError(f"model.text.type: unknown tower {cfg.type!r} (known: transformer, hf)")
+
+
+def inference_copy(module: nn.Module, tower_name: str) -> nn.Module:
+    """An eval-mode, gradient-free deep copy of `module` for embedding, its tower (attribute `tower_name`) folded
+    when the tower can be (EfficientNet-Lite0's folded_copy, all stages: about 2x faster on CPU, the same outputs
+    up to float rounding). `module` stays as it is: trainable, with its parameter names, so its checkpoint and
+    weights hash do not move."""
+    copied = copy.deepcopy(module).eval().requires_grad_(False)
+    tower = getattr(copied, tower_name)
+    if hasattr(tower, "folded_copy"):
+        setattr(copied, tower_name, tower.folded_copy(tower.num_stages()))
+    return copied

@@ -11,13 +11,12 @@ output projected into CLIP's joint space and L2-normalised, the vector its zero-
 from. The two kinds keep apart channels: patch tokens are [features, 0...], the embedding token [0..., embedding],
 so a projector's first linear layer maps each kind with its own weights.
 """
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mmtool.errors import MmtoolError
+from stage1_clip.towers import inference_copy
 
 SUPPORTED = ("vit", "efficientnet_lite0")
 
@@ -85,13 +84,9 @@ class PatchFeatures(nn.Module):
         return torch.cat([patch_part, joint_part], dim=1)  # [B, N + 1, C + E]
 
     def inference_copy(self) -> "PatchFeatures":
-        """An eval-mode, gradient-free copy whose EfficientNet tower has its BatchNorms folded into the convolutions
-        (folded_copy: the same features up to float rounding, about 2x faster on CPU); for computing without
-        training, e.g. tower tags in style views. This module stays as it is."""
-        copied = copy.deepcopy(self).eval().requires_grad_(False)
-        if hasattr(copied.tower, "folded_copy"):
-            copied.tower = copied.tower.folded_copy(copied.tower.num_stages())
-        return copied
+        """An eval-mode copy for computing without training (tower tags in style views), its EfficientNet tower
+        folded (stage1_clip/towers.py)."""
+        return inference_copy(self, "tower")
 
     def joint_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """[B, N + 1, C + E] features -> [B, E]: the embedding token's vector as CLIP's unit image embedding."""

@@ -31,6 +31,7 @@ from mmtool.data.reading.text_files import utf8_lines
 from mmtool.errors import MmtoolError
 from stage1_clip.checkpoint import ClipBundle, load_clip
 from stage1_clip.evaluate import commonest_labels, embed_texts, embed_views
+from stage1_clip.style_views import effective_views
 from stage2_projector.llm import IMAGE_TOKEN
 from stage2_projector.tower_tags import DEFAULT_LAYOUT, TowerTags
 from stage3_llm.conversations import Conversation, ImageSource
@@ -218,6 +219,5 @@ def build_tower_tags(clip: ClipBundle, conversations: list[Conversation], names:
                           "question to take the tags' names and groups from")
     name_groups = group_indices(vocabulary["name"], vocabulary["group"], name_group_pairs(conversations))
     kinds = {kind for kind in ("name", "group") if vocabulary[kind]}
-    views = clip.config.eval.style_views if style_views is None else style_views
-    views = [] if views == ["plain"] else views  # the plain crop alone: the embedding token's own vector
+    views = effective_views(clip.config.eval.style_views if style_views is None else style_views)
     return candidate_tags(clip, vocabulary, kinds, name_groups, names, groups, layout, views)
