@@ -85,7 +85,7 @@ def eval_clip(
         raise MmtoolError(f"--style-views: {err}") from None
     views = effective_views(views)
     eval_set = make_eval_set(resolve_shards(data), cfg.model.vision.image_size, cfg.data.label_fields,
-                             keep_crops=bool(views))
+                             as_crops=bool(views))
     metrics = evaluate_clip(bundle.model.inference_copy(), bundle.tokenize, eval_set, cfg.eval.templates,
                             cfg.eval.batch_size, show_progress=True, style_views=views)
     metrics["style_views"] = ",".join(views or ["plain"])

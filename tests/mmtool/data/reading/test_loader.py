@@ -13,6 +13,7 @@ import webdataset as wds
 from PIL import Image
 
 from mmtool.data.building.shard_writer import META_FILE, SplitWriter, write_meta
+from mmtool.data.reading.images import to_normalized_tensor
 from mmtool.data.reading.loader import make_eval_set, make_train_loader, resolve_shards, sample_count
 from mmtool.data.reading.sample_format import encode_sample
 from mmtool.data.reading.sample_stream import parsed_samples
@@ -169,6 +170,14 @@ def test_eval_set_holds_every_good_sample_with_canonical_captions_and_labels(sha
     assert set(eval_set["labels"]) == {"group", "subgroup"}
     assert eval_set["labels"]["group"][:4] == ["g0", "g1", "g2", "g0"]
     assert Counter(eval_set["skipped"]) == Counter(DECODE_FAILURES) + Counter(FIELD_FAILURES)
+
+
+def test_an_eval_set_of_crops_holds_the_pixels_the_tensors_normalise(shards):
+    """Style views read the crops: the crop form holds no tensors, and each crop normalises to the tensor form's."""
+    tensors, crops = make_eval_set(shards, 8), make_eval_set(shards, 8, as_crops=True)
+    assert "image" not in crops and "crop" not in tensors
+    assert {k: v for k, v in crops.items() if k != "crop"} == {k: v for k, v in tensors.items() if k != "image"}
+    assert torch.equal(torch.stack([to_normalized_tensor(crop) for crop in crops["crop"]]), tensors["image"])
 
 
 def test_img2dataset_style_samples_read_their_txt_as_the_caption(tmp_path):
