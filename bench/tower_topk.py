@@ -3,7 +3,9 @@
 For naming and group questions: R@k of the reference among the vocabulary. For yes/no: accuracy of the rule
 "Yes. exactly when the premise is among the tower's top k", the best any reader of a k-name tag line could do
 from the tags alone. The vocabulary is the training conversations' names and groups (what `model.tower_tags`
-uses), embedded as the tower baseline embeds them.
+uses), or with `--vocabulary` omitted the scored file's own (what the tower baseline ranks, so that new concepts'
+names can be scored), embedded and ranked as the tower baseline ranks them (groups through their names where the
+conversations pair names with groups); images are read in the CLIP's eval.style_views.
 
     python bench/tower_topk.py --clip runs/pipeline/clip/clip.pt --vocabulary runs/pipeline/instruct/train.json \\
         --data runs/pipeline/instruct/heldout_train.json --sample 3000
@@ -12,13 +14,11 @@ import argparse
 import random
 from collections import defaultdict
 
-import torch
-
-from mmtool.data.reading.images import eval_transform, load_image
+from mmtool.data.reading.images import eval_crop, load_image
 from stage1_clip.checkpoint import load_clip
-from stage1_clip.evaluate import embed_images
+from stage1_clip.evaluate import embed_views
 from stage3_llm.conversations import read_conversations
-from stage3_llm.tower import candidate_embeddings, candidates, parse_question
+from stage3_llm.tower import candidate_tags, candidates, group_indices, name_group_pairs, parse_question
 
 KS = (1, 3, 5, 10, 20)
 
@@ -26,23 +26,27 @@ KS = (1, 3, 5, 10, 20)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", required=True)
-    parser.add_argument("--vocabulary", required=True, help="training conversations (names and groups)")
+    parser.add_argument("--vocabulary", help="training conversations (names and groups); default: the --data file's")
     parser.add_argument("--data", required=True, help="the conversations whose first question is scored")
     parser.add_argument("--sample", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     clip = load_clip(args.clip)
-    vocabulary = candidates(read_conversations(args.vocabulary)[0])
     conversations, source = read_conversations(args.data)
+    source_conversations = read_conversations(args.vocabulary)[0] if args.vocabulary else conversations
+    vocabulary = candidates(source_conversations)
+    name_groups = group_indices(vocabulary["name"], vocabulary["group"], name_group_pairs(source_conversations))
+    tags = candidate_tags(clip, vocabulary, {"name", "group"}, name_groups)
     conversations = random.Random(args.seed).sample(conversations, min(args.sample, len(conversations)))
     images = sorted({c.image for c in conversations})
     size = clip.config.model.vision.image_size
-    pixels = torch.stack([eval_transform(load_image(source.read(image)), size) for image in images])
+    crops = [eval_crop(load_image(source.read(image)), size) for image in images]
     row_of = {image: row for row, image in enumerate(images)}
-    image_emb = embed_images(clip.model, pixels, clip.config.eval.batch_size)  # [I, D]
-    ranking = {kind: (image_emb @ candidate_embeddings(clip, names, kind).T).argsort(1, descending=True)
-               for kind, names in vocabulary.items()}  # kind -> [I, C] candidate indices, best first
+    image_emb = embed_views(clip.model.inference_copy(), crops, clip.config.eval.style_views,
+                            clip.config.eval.batch_size)  # [I, D]
+    scores = {"name": image_emb @ tags.name_embeddings.T, "group": tags.group_scores(image_emb)}  # kind -> [I, C]
+    ranking = {kind: kind_scores.argsort(1, descending=True) for kind, kind_scores in scores.items()}  # best first
     index_of = {kind: {name: i for i, name in enumerate(names)} for kind, names in vocabulary.items()}
 
     hits = defaultdict(list)  # (kind, question type, k) -> [bool]
