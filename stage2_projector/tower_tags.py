@@ -16,7 +16,8 @@ The vocabulary (names and groups) and its CLIP text embeddings are fixed when st
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
 line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols." ("inline", the default),
-or with each name on a line of its own ("lines").
+with each name on a line of its own ("lines"), or on one line with no space before a name ("packed":
+"Tags:bar chart;card file box;chart increasing. Groups: Objects; Symbols.").
 
 Why lines: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
 answer starts its turn at a line's start. In "Tags: dango" the name is " dang"+"o", the answer "dango" is
@@ -25,6 +26,8 @@ names in about one naming answer in twenty ("dangling dango", "videoocassette"; 
 On a line of its own, a name's tokens are the answer's tokens: misspelled names 16 -> 1 in 300. Groups stay after
 a space, as a yes/no question names them. Why inline stays the default: every layout with names on lines answered
 yes/no about 2 points lower (78.7-79.3% against 80.7-81.7% in three and two runs) for about 1 point of naming.
+"packed" gives each name the answer's tokens too (after ";" a word starts as at a line's start) while keeping the
+inline layout's single line: it tells the line structure from the tokens as the cause of that yes/no loss.
 
 Style views (stage1_clip/style_views.py; model.tower_tags.style_views, by default the CLIP's eval.style_views): an
 image's embedding for its tags is the mean over its plain crop and fixed renderings, as eval-clip and the tower
@@ -46,7 +49,7 @@ from stage1_clip.style_views import check_views
 from stage2_projector.llm import IMAGE_TOKEN
 
 
-LAYOUTS = ("inline", "lines")
+LAYOUTS = ("inline", "lines", "packed")
 DEFAULT_LAYOUT = LAYOUTS[0]
 
 
@@ -113,12 +116,15 @@ class TowerTags(nn.Module):
 
 
 def tag_line(names: list[str], groups: list[str], layout: str = DEFAULT_LAYOUT) -> str:
-    """The tags as text: "Tags: a; b. Groups: x; y." inline, or "Tags:\\na\\nb\\nGroups: x; y." in lines."""
+    """The tags as text: "Tags: a; b. Groups: x; y." inline, "Tags:\\na\\nb\\nGroups: x; y." in lines,
+    "Tags:a;b. Groups: x; y." packed."""
     group_part = [f"Groups: {'; '.join(groups)}."] if groups else []
     if not names:
         return " ".join(group_part)
     if layout == "inline":
         return " ".join([f"Tags: {'; '.join(names)}.", *group_part])
+    if layout == "packed":
+        return " ".join([f"Tags:{';'.join(names)}.", *group_part])
     return "\n".join(["Tags:", *names, *group_part])
 
 

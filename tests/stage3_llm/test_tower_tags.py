@@ -92,13 +92,15 @@ def contains(ids: list[int], part: list[int]) -> bool:
     return any(ids[i:i + len(part)] == part for i in range(len(ids) - len(part) + 1))
 
 
-@pytest.mark.parametrize("layout, as_answered, as_asked", [("lines", True, False), ("inline", False, True)])
+@pytest.mark.parametrize("layout, as_answered, as_asked",
+                         [("lines", True, False), ("packed", True, False), ("inline", False, True)])
 def test_a_tag_at_a_lines_start_has_the_tokens_of_an_answer_that_names_it(
         smollm2_tokenizer, layout, as_answered, as_asked):  # noqa: F811 - smollm2_tokenizer is a fixture
     """SmolLM2's byte-level BPE splits "dango" after a space as " dang"+"o" (as a question names it) and at an
     answer's start as "d"+"ango": inline names make the LLM respell a name it copies, names on lines of their own
-    make it compare differently split names with a question's. Groups keep the form a question asks them in, in both
-    layouts (docs/stage23_style_shift.md, K1)."""
+    make it compare differently split names with a question's; packed names (no space after ";") split as an
+    answer's on one line. Groups keep the form a question asks them in, in every layout (docs/stage23_style_shift.md,
+    K1)."""
     names = ["dango", "videocassette", "carpentry saw"]
     line = tag_line(names, ["Food & Drink"], layout)
     for name in names:
@@ -122,6 +124,8 @@ def test_the_line_follows_the_image_marker_and_empty_parts_are_left_out():
     assert tag_line(["cat", "dog"], [], "lines") == "Tags:\ncat\ndog"
     assert tag_line([], ["Animals"], "lines") == "Groups: Animals."
     assert tag_line(["cat"], ["Animals", "Pets"], "lines") == "Tags:\ncat\nGroups: Animals; Pets."
+    assert tag_line(["cat", "hot dog"], ["Animals"], "packed") == "Tags:cat;hot dog. Groups: Animals."
+    assert tag_line([], ["Animals"], "packed") == "Groups: Animals."
 
 
 def first_tags(line: str) -> tuple[str, str | None]:
