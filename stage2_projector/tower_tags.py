@@ -15,19 +15,19 @@ ensembles.
 The vocabulary (names and groups) and its CLIP text embeddings are fixed when stage 3 starts and saved with the
 model, so an image's tags need only the tower's image embedding (the CLIP embedding token's vector). The same
 tagging runs in training, chat, ask and eval-llava: a prompt's `<image>` marker becomes `<image>` followed by one
-line, e.g. "Tags: bar chart; card file box; chart increasing. Groups: Objects; Symbols." ("inline", the default),
-with each name on a line of its own ("lines"), or on one line with no space before a name ("packed":
-"Tags:bar chart;card file box;chart increasing. Groups: Objects; Symbols.").
+line, e.g. "Tags:bar chart;card file box;chart increasing. Groups: Objects; Symbols." ("packed", the default),
+with a space before each name ("inline": "Tags: bar chart; card file box; ..."), or with each name on a line of its
+own ("lines").
 
-Why lines: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
+Why packed: a byte-level BPE tokenizer splits a word differently after a space than at a line's start, and an
 answer starts its turn at a line's start. In "Tags: dango" the name is " dang"+"o", the answer "dango" is
 "d"+"ango": the LLM has to respell the name from one set of tokens into another, and a 135M model misspells rare
 names in about one naming answer in twenty ("dangling dango", "videoocassette"; docs/stage23_style_shift.md, K1).
-On a line of its own, a name's tokens are the answer's tokens: misspelled names 16 -> 1 in 300. Groups stay after
-a space, as a yes/no question names them. Why inline stays the default: every layout with names on lines answered
-yes/no about 2 points lower (78.7-79.3% against 80.7-81.7% in three and two runs) for about 1 point of naming.
-"packed" gives each name the answer's tokens too (after ";" a word starts as at a line's start) while keeping the
-inline layout's single line: it tells the line structure from the tokens as the cause of that yes/no loss.
+After ";" with no space a word starts as at a line's start, so a packed name has the answer's tokens: answers that
+are no training name 15 -> 2 in 300, yes/no level (83.0% against inline's 82.7%; docs/stage23_ceiling.md). Names
+on lines of their own spell right too, but answered yes/no about 2 points lower (78.7-79.3% against 80.7-81.7%),
+so the loss came from the line structure, not from the tokens. Groups stay after a space in every layout, as a
+yes/no question names them.
 
 Style views (stage1_clip/style_views.py; model.tower_tags.style_views, by default the CLIP's eval.style_views): an
 image's embedding for its tags is the mean over its plain crop and fixed renderings, as eval-clip and the tower
@@ -49,7 +49,7 @@ from stage1_clip.style_views import check_views
 from stage2_projector.llm import IMAGE_TOKEN
 
 
-LAYOUTS = ("inline", "lines", "packed")
+LAYOUTS = ("packed", "inline", "lines")
 DEFAULT_LAYOUT = LAYOUTS[0]
 
 
@@ -116,15 +116,15 @@ class TowerTags(nn.Module):
 
 
 def tag_line(names: list[str], groups: list[str], layout: str = DEFAULT_LAYOUT) -> str:
-    """The tags as text: "Tags: a; b. Groups: x; y." inline, "Tags:\\na\\nb\\nGroups: x; y." in lines,
-    "Tags:a;b. Groups: x; y." packed."""
+    """The tags as text: "Tags:a;b. Groups: x; y." packed, "Tags: a; b. Groups: x; y." inline,
+    "Tags:\\na\\nb\\nGroups: x; y." in lines."""
     group_part = [f"Groups: {'; '.join(groups)}."] if groups else []
     if not names:
         return " ".join(group_part)
-    if layout == "inline":
-        return " ".join([f"Tags: {'; '.join(names)}.", *group_part])
     if layout == "packed":
         return " ".join([f"Tags:{';'.join(names)}.", *group_part])
+    if layout == "inline":
+        return " ".join([f"Tags: {'; '.join(names)}.", *group_part])
     return "\n".join(["Tags:", *names, *group_part])
 
 

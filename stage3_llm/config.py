@@ -31,10 +31,10 @@ class TowerTagSettings:
     # (about the same deviation on each image-name cosine similarity); validation, chat and eval-llava tag clean
     # embeddings. 0.15 lowered every held-out score (docs/stage23_style_shift.md, C2; stage2_projector/tower_tags.py).
     train_noise: float = 0.0
-    # "inline": "Tags: a; b. Groups: x; y."; "lines": each name on a line of its own, so that its tokens are those of
-    # an answer naming it (no misspelled names, about 2 points less yes/no; stage2_projector/tower_tags.py);
-    # "packed": "Tags:a;b. Groups: x; y.", one line whose names have an answer's tokens.
-    layout: str = "inline"
+    # "packed": "Tags:a;b. Groups: x; y.", one line whose names have the tokens of an answer naming them (no
+    # misspelled copies); "inline": "Tags: a; b. ..."; "lines": each name on a line of its own (about 2 points
+    # less yes/no). stage2_projector/tower_tags.py.
+    layout: str = "packed"
     # The renderings an image's tag embedding is averaged over (stage1_clip/style_views.py); null: the CLIP's own
     # eval.style_views, so the tags are the tower baseline's answers. [] or [plain]: the plain crop alone.
     style_views: list[str] | None = None
