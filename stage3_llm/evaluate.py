@@ -16,6 +16,7 @@ from mmtool.errors import MmtoolError
 from mmtool.progress import progress
 from stage3_llm.answer_match import contains_answer, exact_match, normalize  # noqa: F401 - part of this API
 from stage3_llm.blind import BLANK, BLIND_IMAGES, blank_image, shuffled_images
+from stage3_llm.describe_fields import field_results
 from stage3_llm.eval_stats import majority_answer, wilson_interval
 from stage3_llm.generate import generate_batch
 from stage3_llm.task_sample import task_of
@@ -96,7 +97,8 @@ def add_tower_answers(results: list[dict], clip, all_conversations, source) -> N
 
 def score(results: list[dict]) -> dict:
     """{"all": row, task: row}: n, exact_match and contains_answer rates with Wilson intervals, the majority
-    answer, and the blind and tower rates where the results carry them."""
+    answer, and the blind and tower rates where the results carry them. Descriptions are also scored by their
+    name and group ("describe:name", "describe:group"; not in "all")."""
     by_task = defaultdict(list)
     for result in results:
         by_task[result["task"]].append(result)
@@ -107,7 +109,12 @@ def score(results: list[dict]) -> dict:
     # Always giving each task's commonest answer.
     overall["majority"] = {"answer": None,
                            "rate": sum(row["majority"]["rate"] * row["n"] for row in rows.values()) / len(results)}
-    return {"all": overall, **rows}
+    by_field = defaultdict(list)
+    for item in field_results(results, BLIND):
+        by_field[item["task"]].append(item)
+    for task, items in by_field.items():
+        rows[task] = {**score_rows(items), "majority": majority_answer([r["reference"] for r in items])}
+    return {"all": overall, **dict(sorted(rows.items()))}
 
 
 def score_rows(items: list[dict]) -> dict:
@@ -128,14 +135,14 @@ def score_rows(items: list[dict]) -> dict:
 def format_table(scores: dict) -> str:
     """One line per task: n, exact and contains rates, the exact rate's 95% interval, then the baselines (exact
     match rates; '-' where a baseline does not apply or was not run)."""
-    header = (f"{'task':<10} {'n':>5} {'exact':>7} {'contains':>9} {'95% CI':>15} {'majority':>9} "
+    header = (f"{'task':<14} {'n':>5} {'exact':>7} {'contains':>9} {'95% CI':>15} {'majority':>9} "
               f"{'blank':>7} {'shuffled':>9} {'tower':>7}")
     lines = [header]
     for name, row in scores.items():
         low, high = row["exact_match_ci"]
         blank, shuffled = (row.get(key, {}).get("exact_match") for key in BLIND)
         tower = row.get("tower", {}).get("accuracy")
-        lines.append(f"{name:<10} {row['n']:>5} {row['exact_match']:>7.1%} {row['contains_answer']:>9.1%} "
+        lines.append(f"{name:<14} {row['n']:>5} {row['exact_match']:>7.1%} {row['contains_answer']:>9.1%} "
                      f"{f'{low:.1%}-{high:.1%}':>15} {percent(row['majority']['rate']):>9} "
                      f"{percent(blank):>7} {percent(shuffled):>9} {percent(tower):>7}")
     lines += ["", "exact match rates; 95% CI: Wilson. majority: always the task's commonest answer; blank / shuffled: "

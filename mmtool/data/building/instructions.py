@@ -37,6 +37,8 @@ IMAGE_DIR = "images"
 WHAT_QUESTIONS = ("What is this?", "What does this emoji show?", "Name this emoji.")
 GROUP_QUESTION = "Which emoji group does this belong to?"
 DESCRIBE_QUESTION = "Describe this image."
+# A description's opening: the fields eval-llava also scores one by one (stage3_llm/describe_fields.py).
+DESCRIBE_HEAD = "An emoji of {name}, in the {group} group"
 
 
 def build_instructions(shards: str, out: Path, tasks: str = ",".join(TASKS), seed: int = 0,
@@ -173,8 +175,8 @@ def group_turn(meta, truth, rng, i, index):
 
 
 def describe_turn(meta, truth, rng, i, index):
-    answer = (f"An emoji of {readable_name(meta['name'])}, in the {meta['group']} group "
-              f"({meta.get('subgroup', '').replace('-', ' ')}).")
+    answer = (DESCRIBE_HEAD.format(name=readable_name(meta["name"]), group=meta["group"])
+              + f" ({meta.get('subgroup', '').replace('-', ' ')}).")
     keywords = [k for k in meta.get("keywords", [])[:4] if isinstance(k, str)]
     if keywords:
         answer += f" Keywords: {', '.join(keywords)}."
