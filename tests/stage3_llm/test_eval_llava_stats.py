@@ -54,7 +54,8 @@ def test_per_task_choice_is_seeded_balanced_and_in_file_order():
 
 def result(task, correct, blank, shuffled, tower):
     return {"task": task, "reference": "Yes." if correct else "No.", "answer": "Yes.", "exact_match": correct,
-            "contains_answer": correct, "blind_blank": {"answer": "No.", "exact_match": blank, "contains_answer": blank},
+            "contains_answer": correct,
+            "blind_blank": {"answer": "No.", "exact_match": blank, "contains_answer": blank},
             "blind_shuffled": {"answer": "No.", "exact_match": shuffled, "contains_answer": shuffled},
             "tower": None if tower is None else {"answer": "Yes.", "correct": tower}}
 
