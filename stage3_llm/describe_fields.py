@@ -20,12 +20,12 @@ def describe_fields(text: str) -> dict[str, str]:
 
 def field_results(results: list[dict], blind: tuple[str, ...]) -> list[dict]:
     """One result per describe result and field (task "describe:<field>"), scored on that field alone, with the
-    blind copies' answers scored the same way."""
+    blind copies' answers scored the same way; a reference that does not open as DESCRIBE_HEAD adds none."""
     derived = []
     for result in results:
-        if result["task"] != "describe":
-            continue
         reference = describe_fields(result["reference"])
+        if result["task"] != "describe" or not reference["name"]:
+            continue
         for field in FIELDS:
             item = {"task": f"describe:{field}", "reference": reference[field],
                     **scored(describe_fields(result["answer"])[field], reference[field])}

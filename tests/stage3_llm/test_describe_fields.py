@@ -40,3 +40,5 @@ def test_descriptions_are_scored_by_name_and_group_beside_the_blind_copy():
     assert scores["describe:group"]["blind_blank"]["exact_match"] == pytest.approx(2 / 4)
     assert scores["describe:group"]["majority"] == {"answer": "Animals", "rate": 0.75}
     assert scores["all"]["n"] == 4 and scores["describe"]["exact_match"] == 0.0
+    free_form = score([answered("A grinning cat on a red cushion.", "A cat.", "A dog.")])
+    assert set(free_form) == {"all", "describe"}  # no fields to score
