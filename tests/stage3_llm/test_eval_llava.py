@@ -179,10 +179,12 @@ def test_the_command_prints_the_table_and_writes_the_report(setup, tmp_path):
     header, *rows = table.splitlines()
     assert "blank / shuffled: this model shown a grey image / another image" in legend
     assert header.split() == ["task", "n", "exact", "contains", "95%", "CI", "majority", "blank", "shuffled", "tower"]
-    assert [row.split()[0] for row in rows] == ["all", "describe", "group", "multi", "what", "yesno"]
+    assert [row.split()[0] for row in rows] == ["all", "describe", "describe:group", "describe:name", "group", "multi",
+                                                "what", "yesno"]
     assert all(row.split()[1] == "4" for row in rows[1:])
     assert rows[1].split()[-1] == "-"  # describe: no tower answer
     report = json.loads(out.read_text())
+    assert {"blind_blank", "blind_shuffled"} <= set(report["scores"]["describe:name"])  # scored as the model
     group = report["scores"]["group"]
     assert {"n", "exact_match", "contains_answer", "exact_match_ci", "majority", "blind_blank", "blind_shuffled",
             "tower"} <= set(group)
