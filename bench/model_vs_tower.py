@@ -49,8 +49,7 @@ def main() -> None:
               f"both {cells[True, True]}, model only {cells[True, False]}, tower only {cells[False, True]}, "
               f"neither {cells[False, False]}")
         if names is not None and task == "what":
-            differ = [(answer, tower) for answer, tower in pairs if answer["answer"] != tower["answer"]]
-            lost = [answer for answer, tower in differ if tower["correct"]]
+            lost = [answer for answer, tower in pairs if answer["answer"] != tower["answer"] and tower["correct"]]
             print(f"  answers that are no training name: {sum(a['answer'] not in names for a, _ in pairs)}; "
                   f"of the {len(lost)} the tower alone got right: {sum(a['answer'] not in names for a in lost)}")
 

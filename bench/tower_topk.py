@@ -14,11 +14,9 @@ import argparse
 import random
 from collections import defaultdict
 
-from mmtool.data.reading.images import eval_crop, load_image
 from stage1_clip.checkpoint import load_clip
-from stage1_clip.evaluate import embed_views
 from stage3_llm.conversations import read_conversations
-from stage3_llm.tower import candidate_tags, candidates, group_indices, name_group_pairs, parse_question
+from stage3_llm.tower import candidates, name_group_pairs, parse_question, tower_scores
 
 KS = (1, 3, 5, 10, 20)
 
@@ -36,16 +34,11 @@ def main() -> None:
     conversations, source = read_conversations(args.data)
     source_conversations = read_conversations(args.vocabulary)[0] if args.vocabulary else conversations
     vocabulary = candidates(source_conversations)
-    name_groups = group_indices(vocabulary["name"], vocabulary["group"], name_group_pairs(source_conversations))
-    tags = candidate_tags(clip, vocabulary, {"name", "group"}, name_groups)
     conversations = random.Random(args.seed).sample(conversations, min(args.sample, len(conversations)))
     images = sorted({c.image for c in conversations})
-    size = clip.config.model.vision.image_size
-    crops = [eval_crop(load_image(source.read(image)), size) for image in images]
     row_of = {image: row for row, image in enumerate(images)}
-    image_emb = embed_views(clip.model.inference_copy(), crops, clip.config.eval.style_views,
-                            clip.config.eval.batch_size)  # [I, D]
-    scores = {"name": image_emb @ tags.name_embeddings.T, "group": tags.group_scores(image_emb)}  # kind -> [I, C]
+    scores = tower_scores(clip, images, source, vocabulary, name_group_pairs(source_conversations),
+                          {"name", "group"})  # kind -> [I, C]
     ranking = {kind: kind_scores.argsort(1, descending=True) for kind, kind_scores in scores.items()}  # best first
     index_of = {kind: {name: i for i, name in enumerate(names)} for kind, names in vocabulary.items()}
 

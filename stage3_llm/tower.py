@@ -163,25 +163,34 @@ def tower_answers(clip: ClipBundle, questions: list[str], images: list[str], sou
     answers: list[str | None] = [None] * len(questions)
     if not answerable:
         return answers
-    size, batch_size = clip.config.model.vision.image_size, clip.config.eval.batch_size
     distinct = sorted({images[index] for index in answerable})
-    crops = [eval_crop(load_image(source.read(image)), size) for image in distinct]
-    # The CLIP's own eval.style_views, as eval-clip reads an image (plain: the crop alone).
-    image_emb = embed_views(clip.model.inference_copy(), crops, clip.config.eval.style_views, batch_size)  # [I, D]
     row_of = {image: row for row, image in enumerate(distinct)}
     kinds = {parsed[index].kind for index in answerable}
     for kind in kinds:
         if not choices[kind]:
             raise MmtoolError(f"the tower baseline found no {kind}s to choose among in the evaluated file")
-    name_groups = group_indices(choices["name"], choices["group"], pairs) if "group" in kinds else None
-    tags = candidate_tags(clip, choices, kinds | ({"name"} if name_groups else set()), name_groups)
-    predicted = {kind: (image_emb @ tags.name_embeddings.T if kind == "name" else tags.group_scores(image_emb))
-                 .argmax(1) for kind in kinds}  # kind -> [I] index of the tower's top candidate
+    predicted = {kind: kind_scores.argmax(1)  # [I] index of the tower's top candidate
+                 for kind, kind_scores in tower_scores(clip, distinct, source, choices, pairs, kinds).items()}
     for index in answerable:
         item = parsed[index]
         choice = choices[item.kind][int(predicted[item.kind][row_of[images[index]]])]
         answers[index] = choice if item.premise is None else ("Yes." if choice == item.premise else "No.")
     return answers
+
+
+@torch.no_grad()
+def tower_scores(clip: ClipBundle, images: list[str], source: ImageSource, choices: dict[str, list[str]],
+                 pairs: dict[str, str], kinds: set[str]) -> dict[str, torch.Tensor]:
+    """{kind: [I, C]}: each image's score against each of `choices[kind]` ("name", "group"), the image read in the
+    CLIP's own eval.style_views as eval-clip reads it (plain: the crop alone), groups ranked through the names when
+    `pairs` ({name: group}) places them."""
+    crops = [eval_crop(load_image(source.read(image)), clip.config.model.vision.image_size) for image in images]
+    image_emb = embed_views(clip.model.inference_copy(), crops, clip.config.eval.style_views,
+                            clip.config.eval.batch_size)  # [I, D]
+    name_groups = group_indices(choices["name"], choices["group"], pairs) if "group" in kinds else None
+    tags = candidate_tags(clip, choices, kinds | ({"name"} if name_groups else set()), name_groups)
+    return {kind: image_emb @ tags.name_embeddings.T if kind == "name" else tags.group_scores(image_emb)
+            for kind in kinds}
 
 
 def candidate_embeddings(clip: ClipBundle, names: list[str], kind: str) -> torch.Tensor:
