@@ -30,11 +30,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmtool.config import load_config  # noqa: E402
-from mmtool.data.reading.images import AugmentConfig, eval_transform, load_image, normalize_pixels  # noqa: E402
+from mmtool.data.reading.images import AugmentConfig, eval_transform, normalize_pixels  # noqa: E402
 from mmtool.data.reading.loader import make_train_loader, resolve_shards  # noqa: E402
 from stage2_projector.chat_format import IGNORE_INDEX  # noqa: E402
 from stage2_projector.checkpoint import build_vlm  # noqa: E402
-from stage2_projector.config import AlignConfig, ModelConfig  # noqa: E402
+from stage2_projector.config import AlignConfig  # noqa: E402
 from stage2_projector.data import caption_turns, encode_caption_batch, pick_instruction  # noqa: E402
 from stage2_projector.llm import IMAGE_TOKEN  # noqa: E402
 from stage2_projector.packing import batch_tokens, pack_batch  # noqa: E402

@@ -29,7 +29,8 @@ class FoldsSpec:
     shards: Path = Path("data/folds")  # <style>/ holds the shards with that style held out
     build_shards: bool = True  # False: shards/<style>/ already exist (built another way, e.g. by a test)
     baseline: Path | None = None  # another recipe's folds.json, shown beside this one's figures
-    # The fold whose shards are rendered; every other fold's regroup its samples (mmtool/data/building/emoji_regroup.py).
+    # The fold whose shards are rendered; every other fold's regroup its samples
+    # (mmtool/data/building/emoji_regroup.py).
     rendered_fold: str = "twemoji"
 
 

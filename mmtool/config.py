@@ -192,7 +192,7 @@ def _convert(hint, value, where: str):
         except (TypeError, ValueError):
             pass
         raise MmtoolError(f"{where}: expected a number, got {value!r}")
-    if hint in (int, str, bool) and not (type(value) is hint):
+    if hint in (int, str, bool) and type(value) is not hint:
         raise MmtoolError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
 

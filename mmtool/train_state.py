@@ -63,8 +63,8 @@ def claim_out(out: Path, resume: bool, overwrite: bool) -> None:
 def save_rotating_state(engine: TrainEngine, out: Path, step: int, client_state: dict, keep: int,
                         layout: dict | None = None) -> None:
     """Writes state tag `step<N>` (every rank takes part) with the `layout` that saved it (ranks, batch size,
-    accumulation: mmtool/world_resize.py; the loop always gives it), then rank 0 deletes all but the newest `keep` tags; other folders under
-    state/ are not the run's to delete."""
+    accumulation: mmtool/world_resize.py; the loop always gives it), then rank 0 deletes all but the newest `keep`
+    tags; other folders under state/ are not the run's to delete."""
     state_dir = out / STATE_DIR
     engine.save_state(state_dir, f"step{step}", client_state)
     if layout:

@@ -3,7 +3,6 @@ from dataclasses import dataclass, field
 
 from mmtool.config import DeepSpeedConfig, FilePath, NameOrPath
 from mmtool.data.reading.augment import StyleAugment
-from mmtool.optim import ParamGroupRule
 from mmtool.train_config import TrainSettings
 
 

@@ -28,7 +28,8 @@ class CLIP(nn.Module):
                                                model_cfg.embed_dim, text_field)
         # Shape (1,), not a 0-dim scalar: DeepSpeed 0.19.8 cannot flatten 0-dim parameters.
         self.logit_scale = nn.Parameter(torch.full((1,), loss_cfg.init_logit_scale))
-        self.logit_bias = nn.Parameter(torch.full((1,), loss_cfg.init_logit_bias)) if loss_cfg.type == "siglip" else None
+        self.logit_bias = (nn.Parameter(torch.full((1,), loss_cfg.init_logit_bias)) if loss_cfg.type == "siglip"
+                           else None)
         self.max_logit_scale = loss_cfg.max_logit_scale
         self.uses_attention_mask = model_cfg.text.type == "hf"
         # Frozen towers' outputs read back in training (stage1_clip/feature_cache.py); None: computed live.

@@ -17,7 +17,8 @@ def build_vision_tower(cfg: VisionConfig, embed_dim: int, hf_config: dict | None
         from stage1_clip.vit import VisionTransformer
 
         if cfg.image_size % cfg.patch_size:
-            raise MmtoolError(f"model.vision: image_size {cfg.image_size} is not a multiple of patch_size {cfg.patch_size}")
+            raise MmtoolError(f"model.vision: image_size {cfg.image_size} is not a multiple of patch_size "
+                              f"{cfg.patch_size}")
         return VisionTransformer(image_size=cfg.image_size, patch_size=cfg.patch_size, width=cfg.width,
                                  layers=cfg.layers, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
                                  grad_checkpointing=cfg.grad_checkpointing, patch_dropout=cfg.patch_dropout)

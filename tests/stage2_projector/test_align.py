@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import CLIPVisionModel
 
 from mmtool.config import from_dict

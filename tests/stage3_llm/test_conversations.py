@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from mmtool.data.reading.images import eval_transform
 from mmtool.errors import MmtoolError

@@ -36,7 +36,8 @@ def split_skin_tones(name: str) -> tuple[str, list[str]]:
 
 
 def slugify(text: str) -> str:
-    """"Japanese “here” button" -> "japanese-here-button", "piñata" -> "pinata", "man: blond hair" -> "man-blonde-hair"."""
+    """"Japanese “here” button" -> "japanese-here-button", "piñata" -> "pinata",
+    "man: blond hair" -> "man-blonde-hair"."""
     # Accents decompose and go; curly quotes are not ASCII and go too, so "men’s room" -> "mens-room".
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower().replace("'", "")
     return "-".join(FLUENT_WORDS.get(word, word) for word in re.findall(r"[a-z0-9]+", ascii_text))

@@ -5,7 +5,6 @@ from collections import Counter
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from mmtool.cli import app

@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
