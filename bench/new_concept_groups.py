@@ -17,7 +17,7 @@ import torch
 
 from mmtool.data.reading.loader import make_eval_set
 from stage1_clip.checkpoint import load_clip
-from stage1_clip.evaluate import commonest_labels, embed_texts, embed_views, probabilities_from_names
+from stage1_clip.evaluate import correct_from_names, embed_texts, embed_views
 from stage3_llm.conversations import read_conversations
 from stage3_llm.tower import candidates, name_group_pairs, parse_question, tower_scores
 
@@ -25,19 +25,12 @@ from stage3_llm.tower import candidates, name_group_pairs, parse_question, tower
 def eval_clip_hits(clip, shards: str) -> tuple[list[str], list[str], torch.Tensor]:
     """(keys, groups, [N] bool): eval-clip's zero-shot group through the names, per drawing of the shards."""
     eval_set = make_eval_set(sorted(glob.glob(shards)), clip.config.model.vision.image_size, as_crops=True)
-    model = clip.model.inference_copy()
-    image_emb = embed_views(model, eval_set["crop"], clip.config.eval.style_views, 256)  # [N, D]
-    captions, labels = eval_set["caption"], eval_set["labels"]["group"]
-    text_emb = embed_texts(clip.model, clip.tokenize, captions, 256)  # [N, D]
-    classes, first = sorted(set(labels)), {}
-    for index, caption in enumerate(captions):
-        first.setdefault(caption, index)
-    label_of = commonest_labels(zip(captions, labels))
-    name_class = torch.tensor([classes.index(label_of[name]) for name in first])  # [V]
-    probs = probabilities_from_names(image_emb, text_emb[list(first.values())], name_class, len(classes),
-                                     clip.model.temperature_scale().item())  # [N, C]
-    target = torch.tensor([classes.index(label) for label in labels])  # [N]
-    return eval_set["key"], labels, probs.argmax(1) == target
+    image_emb = embed_views(clip.model.inference_copy(), eval_set["crop"], clip.config.eval.style_views,
+                            256)  # [N, D]
+    text_emb = embed_texts(clip.model, clip.tokenize, eval_set["caption"], 256)  # [N, D]
+    labels = eval_set["labels"]["group"]
+    hits = correct_from_names(image_emb, text_emb, eval_set["caption"], labels, clip.model.temperature_scale().item())
+    return eval_set["key"], labels, hits
 
 
 def main() -> None:

@@ -127,8 +127,14 @@ def commonest_labels(pairs) -> dict[str, str]:
 
 def accuracy_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], labels: list[str],
                         scale: float) -> float:
-    """Zero-shot accuracy through the set's own captions: each distinct caption counts for the label it carries
-    (the commonest when several), as the i->t retrieval candidates do."""
+    """Zero-shot accuracy through the set's own captions (correct_from_names)."""
+    return correct_from_names(image_emb, text_emb, captions, labels, scale).float().mean().item()
+
+
+def correct_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, captions: list[str], labels: list[str],
+                       scale: float) -> torch.Tensor:
+    """[N] bool: each image's zero-shot label through the set's own captions is its own. Each distinct caption
+    counts for the label it carries (the commonest when several), as the i->t retrieval candidates do."""
     classes = sorted(set(labels))
     first = {}
     for index, caption in enumerate(captions):
@@ -137,8 +143,8 @@ def accuracy_from_names(image_emb: torch.Tensor, text_emb: torch.Tensor, caption
     name_class = torch.tensor([classes.index(label_of[name]) for name in names])  # [V]
     probs = probabilities_from_names(image_emb, text_emb[[first[name] for name in names]], name_class, len(classes),
                                      scale)  # [N, C]
-    target = torch.tensor([classes.index(label) for label in labels])
-    return (probs.argmax(1) == target).float().mean().item()
+    target = torch.tensor([classes.index(label) for label in labels])  # [N]
+    return probs.argmax(1) == target
 
 
 def evaluate_clip(model, tokenize, eval_set: dict, templates: list[str], batch_size: int = 256,

@@ -4,7 +4,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from stage1_clip.evaluate import accuracy_from_names, probabilities_from_names
+from stage1_clip.evaluate import accuracy_from_names, correct_from_names, probabilities_from_names
 
 
 def test_class_probability_is_the_softmax_mass_of_its_names_computed_one_image_at_a_time():
@@ -31,3 +31,4 @@ def test_accuracy_counts_each_distinct_caption_once_for_its_commonest_label():
     assert accuracy_from_names(images, text, captions, labels, scale=50.0) == 1.0
     wrong = axes[[1, 0, 1, 2, 1]]  # image 0 looks like a car
     assert abs(accuracy_from_names(wrong, text, captions, labels, scale=50.0) - 0.8) < 1e-6
+    assert correct_from_names(wrong, text, captions, labels, scale=50.0).tolist() == [False, True, True, True, True]
