@@ -23,8 +23,10 @@ def field_results(results: list[dict], blind: tuple[str, ...]) -> list[dict]:
     blind copies' answers scored the same way; a reference that does not open as DESCRIBE_HEAD adds none."""
     derived = []
     for result in results:
+        if result["task"] != "describe":
+            continue
         reference = describe_fields(result["reference"])
-        if result["task"] != "describe" or not reference["name"]:
+        if not reference["name"]:
             continue
         for field in FIELDS:
             item = {"task": f"describe:{field}", "reference": reference[field],
