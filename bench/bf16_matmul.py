@@ -14,7 +14,8 @@ import torch
 
 from mmtool.cpu_features import bf16_native, cpu_model
 
-SHAPES = {"square 1024 x 1024 @ 1024 x 1024": (1024, 1024, 1024), "SmolLM2 MLP 800 x 576 @ 576 x 1536": (800, 576, 1536)}
+SHAPES = {"square 1024 x 1024 @ 1024 x 1024": (1024, 1024, 1024),
+          "SmolLM2 MLP 800 x 576 @ 576 x 1536": (800, 576, 1536)}
 
 
 def gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:

@@ -209,9 +209,10 @@ def print_table(results: list[dict]) -> None:
           "| samples / CPU s | tokens run | padding | template share |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['stage']}, {r['precision']} | {r['layout']} | {r['tower']:.3f} | {r['projector']:.3f} | {r['llm_forward']:.2f} "
-              f"| {r['backward']:.2f} | {r['optimizer']:.3f} | {r['cpu_s']:.2f} | {r['wall_s']:.2f} "
-              f"| {r['samples_per_cpu_s']:.2f} | {r['tokens']:.0f} | {r['padding']:.0%} | {r['template']:.0%} |")
+        print(f"| {r['stage']}, {r['precision']} | {r['layout']} | {r['tower']:.3f} | {r['projector']:.3f} "
+              f"| {r['llm_forward']:.2f} | {r['backward']:.2f} | {r['optimizer']:.3f} "
+              f"| {r['cpu_s']:.2f} | {r['wall_s']:.2f} | {r['samples_per_cpu_s']:.2f} "
+              f"| {r['tokens']:.0f} | {r['padding']:.0%} | {r['template']:.0%} |")
 
 
 def main() -> None:

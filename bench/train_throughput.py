@@ -92,7 +92,7 @@ def main() -> None:
                     child = subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--warmup",
                                             str(args.warmup), "--one", json.dumps([config, batch, ds, accum, variant])],
                                            capture_output=True, text=True)
-                    lines = [l for l in child.stdout.splitlines() if l.startswith("RESULT ")]
+                    lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
                     if not lines:
                         sys.exit(f"{config} / {ds} / {variant} / accum {accum} failed:\n{child.stderr[-2000:]}")
                     row = json.loads(lines[-1][7:])

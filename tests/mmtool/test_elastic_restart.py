@@ -25,7 +25,8 @@ def torchrun_command(shards, out, *agent_args: str) -> list[str]:
             f"train.max_steps={STEPS}", "train.save_every=1", "train.keep_states=2", "train.lr=3e-3",
             "train.warmup_steps=1"]
     rendezvous = agent_args or ("--master-port", str(free_port()))
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *rendezvous, "-m", "mmtool", "pretrain-clip", "--config", "tiny_vit", "--out", str(out),
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *rendezvous,
+            "-m", "mmtool", "pretrain-clip", "--config", "tiny_vit", "--out", str(out),
             *[arg for item in sets for arg in ("--set", item)]]
 
 

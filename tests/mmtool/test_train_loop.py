@@ -42,7 +42,8 @@ class TinyStage(Stage):
         count = self.samples // self.batch_size // torch.distributed.get_world_size()
         for index in range(skip, count):
             generator = torch.Generator().manual_seed(epoch * 1000 + index)
-            yield torch.randn(self.batch_size, 8, generator=generator), torch.randn(self.batch_size, generator=generator)
+            inputs = torch.randn(self.batch_size, 8, generator=generator)
+            yield inputs, torch.randn(self.batch_size, generator=generator)
 
     def step(self, engine: TrainEngine, micro_batches: list, step: int) -> StepResult:
         poisoned = step in self.nan_steps and torch.distributed.get_rank() in self.nan_ranks

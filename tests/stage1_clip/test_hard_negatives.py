@@ -156,8 +156,8 @@ TINY_MODEL = ["model.embed_dim=8", "model.vision.image_size=16", "model.vision.w
 
 
 def _refresh_on_rank(rank: int, world: int, shards: list[str], out_dir: str) -> None:
-    cfg = load_config(ClipConfig, "configs/clip/tiny_vit.yaml", [*TINY_MODEL, "data.batch_size=4", "data.workers=0",
-                                                                  "data.batch_composition=knn", "loss.mined_negatives=2"])
+    sets = [*TINY_MODEL, "data.batch_size=4", "data.workers=0", "data.batch_composition=knn", "loss.mined_negatives=2"]
+    cfg = load_config(ClipConfig, "configs/clip/tiny_vit.yaml", sets)
     torch.manual_seed(0)
     model = CLIP(cfg.model, cfg.loss, vocab_size=64)
     mining = HardNegatives.from_config(cfg, shards, word_tokenizer, batches_per_epoch=4)

@@ -69,7 +69,7 @@ def test_a_malformed_jsonl_line_is_named_by_its_number(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_runs_through_corrupt_images_and_counts_them(parts, tmp_path, capsys):
+def test_finetune_runs_through_corrupt_images_and_counts_them(parts, tmp_path, capsys):  # noqa: F811 (the imported fixture)
     """A tiny stage-3 run whose train.json points at 2 corrupt images: it finishes and ends with the count."""
     import shutil
 

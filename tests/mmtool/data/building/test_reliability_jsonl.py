@@ -29,7 +29,8 @@ def invoke(*args):
 def test_every_bad_line_is_reported_and_the_good_ones_written(tmp_path):
     (tmp_path / "a.png").write_bytes(png((10, 20, 30)))
     good = json.dumps({"image": "a.png", "caption": "a good one"}).encode()
-    lines = [good, *[line for line, _ in BAD_LINES], b"", good, json.dumps({"image": "gone.png", "caption": "c"}).encode()]
+    missing_image = json.dumps({"image": "gone.png", "caption": "c"}).encode()
+    lines = [good, *[line for line, _ in BAD_LINES], b"", good, missing_image]
     (tmp_path / "pairs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     result = invoke("data", "from-jsonl", tmp_path / "pairs.jsonl", "--out", tmp_path / "shards")
     assert result.exit_code == 0, result.output

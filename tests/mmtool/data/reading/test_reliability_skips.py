@@ -15,7 +15,8 @@ from tests.stage1_clip.test_train_e2e import TINY, mmtool
 
 pytestmark = pytest.mark.faults
 
-# tests/mmtool/data/reading/test_loader.py's bad samples: two unreadable images, a bomb, an empty caption, a missing image, bad JSON.
+# tests/mmtool/data/reading/test_loader.py's bad samples: two unreadable images, a bomb, an empty caption, a missing
+# image, bad JSON.
 BAD_SHARD_LINE = ("skipped 6 of 43 samples: 2 unreadable image, 1 bad json, 1 bomb, 1 empty caption, "
                   "1 missing image")
 
